@@ -1,0 +1,196 @@
+"""Closed registries of named parts: lookup by name only, never by import path.
+
+Names match case- and separator-insensitively (``GlobalAvgPool`` == ``global_avg_pool`` ==
+``global-avg-pool``). An unknown name raises :class:`UnknownNameError` that names the kind, suggests the
+closest names and says how to list them. Registries fill lazily: the modules that register parts are
+imported on the first lookup, so ``import visionstack`` stays light.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from visionstack.errors import UnknownNameError
+
+T = TypeVar("T")
+_SEPARATORS = re.compile(r"[\s_\-.]+")
+
+
+def normalize(name: str) -> str:
+    """The lookup key of a name: lower case, separators (``_ - . space``) removed."""
+    return _SEPARATORS.sub("", str(name)).lower()
+
+
+class Registry:
+    """Names of one kind of part (backbone, head, ...) mapped to their builders (classes or functions).
+
+    ``resolvers`` are functions ``name -> builder | None`` for open-ended families (``timm/<model>``) whose
+    names are too many to register one by one; ``listers`` return those names for :meth:`list`.
+    """
+
+    def __init__(self, kind: str, modules: Iterable[str] = ()) -> None:
+        self.kind = kind
+        self._modules = list(modules)
+        self._loaded = False
+        self._entries: dict[str, tuple[str, Any]] = {}  # normalized -> (canonical name, builder)
+        self._canonical: dict[str, Any] = {}  # canonical name -> builder
+        self._aliases: dict[str, str] = {}  # alias -> canonical name
+        self._resolvers: list[Callable[[str], Any]] = []
+        self._listers: list[Callable[[], list[str]]] = []
+
+    # -- registration -----------------------------------------------------------------------------
+    def register(
+        self, name: str | None = None, *, aliases: Iterable[str] = (), force: bool = False
+    ) -> Callable[[T], T]:
+        """Decorator that registers a class or function under ``name`` (default: its ``__name__``)."""
+
+        def decorator(obj: T) -> T:
+            self.add(name or obj.__name__, obj, aliases=aliases, force=force)
+            return obj
+
+        return decorator
+
+    def add(self, name: str, obj: Any, *, aliases: Iterable[str] = (), force: bool = False) -> None:
+        """Register ``obj`` under ``name`` and ``aliases``; a name already taken raises unless ``force``."""
+        for label in (name, *aliases):
+            key = normalize(label)
+            if not key:
+                raise ValueError(f"empty {self.kind} name")
+            taken = self._entries.get(key)
+            if taken is not None and taken[1] is not obj and not force:
+                raise ValueError(f"{self.kind} name {label!r} is already registered for {taken[0]!r}")
+            self._entries[key] = (name, obj)
+        self._canonical[name] = obj
+        for alias in aliases:
+            self._aliases[alias] = name
+
+    def add_resolver(self, resolver: Callable[[str], Any], lister: Callable[[], list[str]] | None = None) -> None:
+        """Add a function that builds entries on demand for names no one registered explicitly."""
+        self._resolvers.append(resolver)
+        if lister is not None:
+            self._listers.append(lister)
+
+    # -- lookup -----------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self._modules:
+                importlib.import_module(module)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.get(str(name))
+        except UnknownNameError:
+            return False
+        return True
+
+    def canonical_name(self, name: str) -> str:
+        """The registered name behind ``name`` or one of its aliases."""
+        self._load()
+        entry = self._entries.get(normalize(name))
+        if entry is not None:
+            return entry[0]
+        self.get(name)
+        return name
+
+    def get(self, name: str) -> Any:
+        """The builder registered as ``name``; unknown names raise with suggestions."""
+        self._load()
+        if not isinstance(name, str):
+            raise UnknownNameError("", f"a {self.kind} name must be a string, got {type(name).__name__}")
+        entry = self._entries.get(normalize(name))
+        if entry is not None:
+            return entry[1]
+        for resolver in self._resolvers:
+            obj = resolver(name)
+            if obj is not None:
+                return obj
+        raise UnknownNameError("", self._unknown_message(name))
+
+    def _unknown_message(self, name: str) -> str:
+        names = self.names(include_dynamic=True)
+        by_key: dict[str, str] = {}
+        for n in names:
+            by_key.setdefault(normalize(n), n)
+        close = difflib.get_close_matches(normalize(name), list(by_key), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(by_key[c] for c in close)}?" if close else ""
+        return (
+            f"unknown {self.kind} {name!r}.{hint} {len(names)} {self.kind}s exist; list them with "
+            f"`visionstack list {self.kind}` or `visionstack.list_models('*', kind='{self.kind}')`."
+        )
+
+    def names(self, include_aliases: bool = False, include_dynamic: bool = False) -> list[str]:
+        """Registered names (sorted), optionally with aliases and resolver-provided names."""
+        self._load()
+        out = set(self._canonical)
+        if include_aliases:
+            out.update(self._aliases)
+        if include_dynamic:
+            for lister in self._listers:
+                out.update(lister())
+        return sorted(out)
+
+    def list(self, pattern: str = "*", include_aliases: bool = False) -> list[str]:
+        """Names matching a glob ``pattern`` (case-insensitive), dynamic families included."""
+        names = self.names(include_aliases=include_aliases, include_dynamic=True)
+        pat = pattern.lower()
+        return [n for n in names if fnmatch.fnmatchcase(n.lower(), pat)]
+
+    def aliases_of(self, name: str) -> list[str]:
+        """Aliases registered for the canonical ``name``."""
+        self._load()
+        return sorted(a for a, c in self._aliases.items() if c == name)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._canonical)} entries)"
+
+
+BACKBONES = Registry(
+    "backbone",
+    [
+        "visionstack.models.backbones.torchvision",
+        "visionstack.models.backbones.timm",
+        "visionstack.models.backbones.resnet_bc",
+    ],
+)
+ENCODERS = Registry("encoder", ["visionstack.models.encoders"])
+NECKS = Registry("neck", ["visionstack.models.necks"])
+HEADS = Registry("head", ["visionstack.models.heads"])
+LOSSES = Registry("loss", ["visionstack.models.losses"])
+METHODS = Registry("method", ["visionstack.models.classifier", "visionstack.models.methods"])
+DATASETS = Registry("dataset", ["visionstack.data.datasets"])
+TRANSFORMS = Registry("transform", ["visionstack.data.transforms"])
+OPTIMIZERS = Registry("optimizer", ["visionstack.engine.optim"])
+SCHEDULERS = Registry("scheduler", ["visionstack.engine.schedulers"])
+METRICS = Registry("metric", ["visionstack.engine.metrics"])
+
+REGISTRIES: dict[str, Registry] = {
+    r.kind: r
+    for r in (
+        BACKBONES, ENCODERS, NECKS, HEADS, LOSSES, METHODS, DATASETS, TRANSFORMS, OPTIMIZERS, SCHEDULERS, METRICS
+    )
+}
+
+
+def registry_for(kind: str) -> Registry:
+    """The registry of ``kind`` (``backbone``, ``head``, ...; plurals accepted)."""
+    key = normalize(kind)
+    for name, reg in REGISTRIES.items():
+        if key in (name, name + "s", name + "es"):
+            return reg
+    raise UnknownNameError("", f"unknown kind {kind!r}; kinds are: {', '.join(REGISTRIES)}")
+
+
+def register(kind: str, name: str | None = None, *, aliases: Iterable[str] = (), force: bool = False):
+    """``vs.register("backbone", "my_net")(MyNet)``: register a user part from Python."""
+    return registry_for(kind).register(name, aliases=aliases, force=force)
+
+
+def list_models(pattern: str = "*", kind: str = "backbone", include_aliases: bool = False) -> list[str]:
+    """Names of ``kind`` matching a glob pattern, e.g. ``list_models("resnet*")``."""
+    return registry_for(kind).list(pattern, include_aliases=include_aliases)
