@@ -158,9 +158,9 @@ BACKBONES = Registry(
         "visionstack.models.backbones.resnet_bc",
     ],
 )
-ENCODERS = Registry("encoder", ["visionstack.models.encoders"])
+ENCODERS = Registry("encoder", ["visionstack.models.encoders", "visionstack.models.native"])
 NECKS = Registry("neck", ["visionstack.models.necks"])
-HEADS = Registry("head", ["visionstack.models.heads"])
+HEADS = Registry("head", ["visionstack.models.heads", "visionstack.models.native"])
 LOSSES = Registry("loss", ["visionstack.models.losses"])
 METHODS = Registry("method", ["visionstack.models.classifier", "visionstack.models.methods"])
 DATASETS = Registry("dataset", ["visionstack.data.datasets"])

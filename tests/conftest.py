@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny registered multi-scale backbone so model tests need no zoo model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+class TinyBackbone(nn.Module):
+    """Three conv stages (reductions 2, 4, 8) returning the selected maps, for fast tests."""
+
+    def __init__(self, widths: list[int] | None = None, out_indices: list[int] | None = None,
+                 features_only: bool = False, in_chans: int = 3) -> None:
+        super().__init__()
+        from visionstack.models.features import FeatureInfo, resolve_out_indices
+
+        widths = widths or [8, 12, 16]
+        stages, prev = [], in_chans
+        for w in widths:
+            stages.append(nn.Sequential(nn.Conv2d(prev, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU()))
+            prev = w
+        self.stages = nn.ModuleList(stages)
+        self.out_indices = resolve_out_indices(out_indices, len(widths), features_only)
+        self.feature_info = [FeatureInfo(widths[i], 2 ** (i + 1), f"stages.{i}") for i in self.out_indices]
+
+    @property
+    def out_channels(self) -> list[int]:
+        return [f.channels for f in self.feature_info]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs
+
+
+def _register_tiny() -> None:
+    from visionstack.registry import BACKBONES
+
+    if "test_tiny" not in BACKBONES:
+        BACKBONES.add("test_tiny", TinyBackbone)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_backbone_registered() -> None:
+    _register_tiny()
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
