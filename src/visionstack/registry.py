@@ -80,7 +80,11 @@ class Registry:
         if not self._loaded:
             self._loaded = True
             for module in self._modules:
-                importlib.import_module(module)
+                try:
+                    importlib.import_module(module)
+                except ModuleNotFoundError as err:  # only a listed module that does not exist is skipped
+                    if err.name != module:
+                        raise
 
     def __contains__(self, name: object) -> bool:
         try:
