@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,31 @@ from typing import Any
 import yaml
 
 from visionstack.errors import ConfigError
+
+
+
+class ConfigSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.2), as users write learning rates."""
+
+
+ConfigSafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    """Parse YAML text without ever constructing Python objects."""
+    return yaml.load(text, Loader=ConfigSafeLoader)
+
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -45,7 +71,7 @@ def _load_file(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "config file not found")
     text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         raise ConfigError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
     if data is None:
@@ -115,7 +141,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not p.strip() for p in parts):
         raise ConfigError("--set", f"override {text!r} has an empty key segment")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(key, f"override value {raw!r} is not valid YAML: {err}") from None
     return parts, value
