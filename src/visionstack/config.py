@@ -57,7 +57,7 @@ RUN_SECTIONS: dict[str, set[str] | None] = {
     "train": {
         "epochs", "steps", "optimizer", "scheduler", "amp", "ema", "seed", "deterministic", "checkpoint",
         "grad_accum", "clip_grad", "channels_last", "compile", "mixup", "cutmix", "mix_prob", "log_interval",
-        "nonfinite", "device", "sync_bn", "progress", "max_steps_per_epoch",
+        "nonfinite", "device", "sync_bn", "progress", "max_steps_per_epoch", "find_unused_parameters",
     },
     "eval": {"interval", "topk", "tta", "metric", "retrieval"},
     "work_dir": None,

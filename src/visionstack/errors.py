@@ -29,3 +29,20 @@ class CheckpointError(VisionStackError, RuntimeError):
 
 class DataError(VisionStackError, RuntimeError):
     """A data set or image that cannot be read, naming the file."""
+
+
+class MissingDependencyError(VisionStackError, ImportError):
+    """An optional dependency is not installed; the message names the ``pip install`` that provides it."""
+
+
+def optional_import(module: str, extra: str, purpose: str):
+    """Import ``module`` or raise :class:`MissingDependencyError` naming ``pip install 'visionstack[extra]'``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{purpose} needs the optional package {module!r} ({err}); install it with: "
+            f"pip install 'visionstack[{extra}]'"
+        ) from None

@@ -40,6 +40,8 @@ class Registry:
         self._entries: dict[str, tuple[str, Any]] = {}  # normalized -> (canonical name, builder)
         self._canonical: dict[str, Any] = {}  # canonical name -> builder
         self._aliases: dict[str, str] = {}  # alias -> canonical name
+        self._exact: dict[str, tuple[str, Any]] = {}  # exact spelling -> (canonical name, builder)
+        self._ambiguous: dict[str, list[str]] = {}  # normalized key -> names that differ only in separators
         self._resolvers: list[Callable[[str], Any]] = []
         self._listers: list[Callable[[], list[str]]] = []
 
@@ -63,8 +65,13 @@ class Registry:
                 raise ValueError(f"empty {self.kind} name")
             taken = self._entries.get(key)
             if taken is not None and taken[1] is not obj and not force:
-                raise ValueError(f"{self.kind} name {label!r} is already registered for {taken[0]!r}")
-            self._entries[key] = (name, obj)
+                if label != name or normalize(taken[0]) != key or taken[0] == name:
+                    raise ValueError(f"{self.kind} name {label!r} is already registered for {taken[0]!r}")
+                # two names that differ only in separators (regnet_x_1_6gf / regnet_x_16gf): exact spelling only
+                self._ambiguous.setdefault(key, [taken[0]]).append(name)
+            else:
+                self._entries[key] = (name, obj)
+            self._exact[label] = (name, obj)
         self._canonical[name] = obj
         for alias in aliases:
             self._aliases[alias] = name
@@ -96,18 +103,32 @@ class Registry:
     def canonical_name(self, name: str) -> str:
         """The registered name behind ``name`` or one of its aliases."""
         self._load()
-        entry = self._entries.get(normalize(name))
+        entry = self._lookup(name)
         if entry is not None:
             return entry[0]
         self.get(name)
         return name
+
+    def _lookup(self, name: str) -> tuple[str, Any] | None:
+        """The entry for ``name``: its exact spelling first, then the separator-insensitive key."""
+        entry = self._exact.get(name)
+        if entry is not None:
+            return entry
+        key = normalize(name)
+        if key in self._ambiguous:
+            raise UnknownNameError(
+                "",
+                f"{self.kind} name {name!r} is ambiguous; write one of "
+                f"{', '.join(self._ambiguous[key])} exactly",
+            )
+        return self._entries.get(key)
 
     def get(self, name: str) -> Any:
         """The builder registered as ``name``; unknown names raise with suggestions."""
         self._load()
         if not isinstance(name, str):
             raise UnknownNameError("", f"a {self.kind} name must be a string, got {type(name).__name__}")
-        entry = self._entries.get(normalize(name))
+        entry = self._lookup(name)
         if entry is not None:
             return entry[1]
         for resolver in self._resolvers:

@@ -1,14 +1,50 @@
-"""OptimWrapper: owns backward, AMP autocast and loss scaling, accumulation, clipping and the step."""
+"""OptimWrapper: owns backward, AMP autocast and loss scaling, accumulation, clipping, the step, the
+non-finite loss policy and (under DDP) the gradient synchronization.
+
+DDP and ``train_step``: models run their own forward passes (several per batch for PMG) and call
+``optim.update(loss)``. DDP's gradient all-reduce hooks only fire for a backward that follows a forward
+*through the DDP module*, so the Trainer wraps the model in a :class:`ForwardRedirect` (a module whose
+``forward(x)`` returns ``x``) inside ``DistributedDataParallel`` and hands it to the wrapper as ``ddp``.
+``update(loss)`` passes the loss through it (``loss = ddp(loss)``): DDP prepares its reducer for exactly the
+graph that produced the loss (``find_unused_parameters`` traverses it from the loss), and the backward then
+all-reduces gradients bucket by bucket, overlapped with the backward as usual. Micro-batches that do not
+step (gradient accumulation) run under ``ddp.no_sync()``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+from visionstack.errors import VisionStackError
+
+NONFINITE_POLICIES = ("stop", "skip")
+_AMP_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+class NonFiniteLossError(VisionStackError, FloatingPointError):
+    """The loss became NaN or infinite (``train.nonfinite: stop``); the update was not applied."""
+
+
+class ForwardRedirect(nn.Module):
+    """The module DDP wraps: it holds the model (so DDP owns its parameters) and returns its input."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+    def forward(self, output: torch.Tensor) -> torch.Tensor:
+        return output
 
 
 class OptimWrapper:
@@ -20,7 +56,13 @@ class OptimWrapper:
         device_type: ``"cpu"`` or ``"cuda"``: where autocast applies.
         grad_accum: number of ``update`` calls whose gradients add up before one optimizer step.
         clip_grad: max global gradient norm (``None``: no clipping).
-        params: the parameters to clip (default: those of the optimizer).
+        nonfinite: ``"stop"``: a non-finite loss raises :class:`NonFiniteLossError` before the optimizer
+            steps; ``"skip"``: the accumulation window that saw it is dropped (gradients zeroed, no step,
+            ``skipped`` counts it).
+
+    Attributes set by the trainer: ``ddp`` (the DDP-wrapped :class:`ForwardRedirect`, or ``None``).
+    After ``update``: ``stepped`` (the optimizer stepped), ``window_done`` (an accumulation window ended,
+    stepped or skipped).
     """
 
     def __init__(
@@ -30,11 +72,14 @@ class OptimWrapper:
         device_type: str = "cpu",
         grad_accum: int = 1,
         clip_grad: float | None = None,
+        nonfinite: str = "stop",
     ) -> None:
         if amp is not None and amp not in _AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(_AMP_DTYPES)} or null, got {amp!r}")
         if grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.optimizer = optimizer
         self.amp_dtype = _AMP_DTYPES.get(amp) if amp else None
         self.device_type = device_type
@@ -43,8 +88,14 @@ class OptimWrapper:
         use_scaler = self.amp_dtype is torch.float16 and device_type == "cuda"
         self.scaler = torch.amp.GradScaler(device_type, enabled=use_scaler)
         self.micro_step = 0
-        self.last_grad_norm: float | None = None
+        self._grad_norm: torch.Tensor | None = None
+        self._pending: tuple[torch.Tensor, Any] | None = None
         self.stepped = False
+        self.window_done = False
+        self.nonfinite_policy = nonfinite
+        self.skipped = 0
+        self.ddp: nn.Module | None = None
+        self._finite: torch.Tensor | None = None  # the running sum of the window's losses
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -60,7 +111,7 @@ class OptimWrapper:
 
     def backward(self, loss: torch.Tensor) -> None:
         """Scale for accumulation and AMP, then backpropagate."""
-        self.scaler.scale(loss / self.grad_accum).backward()
+        self.scaler.scale(loss / self.grad_accum if self.grad_accum > 1 else loss).backward()
 
     def should_step(self) -> bool:
         return (self.micro_step + 1) % self.grad_accum == 0
@@ -69,20 +120,85 @@ class OptimWrapper:
         """Unscale, clip, step the optimizer and the scaler, zero gradients."""
         if self.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.params(), self.clip_grad)
-            self.last_grad_norm = float(norm)
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.params(), self.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 
+    @property
+    def last_grad_norm(self) -> float | None:
+        """The global gradient norm before the last clipping (``None`` without clipping)."""
+        return None if self._grad_norm is None else float(self._grad_norm)
+
     def update(self, loss: torch.Tensor) -> bool:
-        """Backward on ``loss``; step when the accumulation window is full. Returns whether it stepped."""
-        self.backward(loss)
-        self.stepped = self.should_step()
-        if self.stepped:
-            self.step()
+        """Backward on ``loss``; step when the accumulation window is full. Returns whether it stepped.
+
+        A non-finite loss anywhere in the window (on any rank) stops or skips the step. The check costs a
+        host sync, so where it would stall the device it runs one window late: with ``nonfinite: stop`` on
+        an accelerator, window ``w``'s flag is read when window ``w + 1`` steps (by then it is long
+        computed) and :meth:`check_pending` reads the last one; the bad update has then been applied, but
+        the run stops before anything is saved. On CPU, and with ``skip``, every window is checked before
+        its optimizer step.
+        """
+        value = loss.detach().float()
+        self._finite = value if self._finite is None else self._finite + value  # NaN / inf survive sums
+        self.window_done = self.should_step()
+        if self.ddp is None:
+            self.backward(loss)
+        elif self.window_done:
+            self.backward(self.ddp(loss))
+        else:
+            with self.ddp.no_sync():
+                self.backward(self.ddp(loss))
+        self.stepped = False
         self.micro_step += 1
+        if self.window_done:
+            total = self._window_loss()
+            if self.nonfinite_policy == "skip" or total.device.type == "cpu":
+                if math.isfinite(float(total)):
+                    self.step()
+                    self.stepped = True
+                else:
+                    self._reject(f"the loss is not finite (last value {float(loss.detach()):g})")
+            else:
+                self.check_pending()
+                event = torch.cuda.Event() if total.is_cuda else None
+                self._pending = (total.to("cpu", non_blocking=True), event)
+                if event is not None:
+                    event.record()
+                self.step()
+                self.stepped = True
         return self.stepped
+
+    def _window_loss(self) -> torch.Tensor:
+        """The sum of the window's losses (over every rank under DDP): finite iff each of them is."""
+        total, self._finite = self._finite, None
+        if self.ddp is not None:
+            import torch.distributed as dist
+
+            total = total.sum().reshape(1)
+            dist.all_reduce(total)
+        return total
+
+    def _reject(self, message: str) -> None:
+        self.zero_grad()
+        self.skipped += 1
+        if self.nonfinite_policy == "stop":
+            raise NonFiniteLossError(message)
+
+    def check_pending(self) -> None:
+        """Read the flag of a window checked late (see :meth:`update`); raises if its loss was not finite."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        host, event = pending
+        if event is not None:
+            event.synchronize()
+        if not math.isfinite(float(host)):
+            self._reject(
+                "the loss of the previous optimizer update was not finite (checked one update late on the "
+                "accelerator to avoid a host sync per step; that update was applied, nothing was saved after it)"
+            )
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -92,10 +208,16 @@ class OptimWrapper:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "micro_step": self.micro_step}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "micro_step": self.micro_step,
+            "skipped": self.skipped,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.micro_step = int(state.get("micro_step", 0))
+        self.skipped = int(state.get("skipped", 0))

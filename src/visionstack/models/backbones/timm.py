@@ -1,0 +1,460 @@
+"""``timm/<name>``: every timm model (pretrained tags included, ``timm/resnet50.a1_in1k``) as a backbone.
+
+Feature maps come from timm's own machinery: the levels are the model's ``feature_info`` and the maps come
+from ``forward_intermediates`` (the funnel behind timm's ``features_only``), always as NCHW; token models'
+grids are reshaped and their prefix (class / register) tokens dropped, or returned after the maps with
+``return_prefix_tokens``. Without ``features_only`` and ``out_indices`` (a classifier's backbone) the one map
+is the model's ``forward_features`` output (last stage plus the model's own final conv / norm), as NCHW.
+
+The model is never downloaded: it is built with ``pretrained=False`` and ``weights`` (a file, or a timm
+tag found in the local cache) go through :func:`visionstack.models.weights.load_weights`.
+``pretrained_cfg`` (input size, mean, std, interpolation, crop_pct) is exposed for data transforms.
+``native_encoder()`` / ``native_head(num_classes)`` give the model's own pooling + pre-logits path and
+classifier, so a classifier built from them reproduces timm's logits.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from visionstack.models.backbones import bind_model_name
+from visionstack.models.features import Backbone, FeatureInfo, resolve_out_indices
+from visionstack.models.parts import Head
+from visionstack.models.weights import WeightsReport, load_weights
+from visionstack.registry import BACKBONES
+
+__all__ = ["TimmBackbone", "TimmNativeEncoder", "TimmNativeHead", "timm_backbone_names"]
+
+PREFIX = "timm/"
+logger = logging.getLogger(__name__)
+
+
+def _timm():
+    import timm
+
+    return timm
+
+
+class TimmBackbone(Backbone):
+    """A timm model with the common backbone interface (see the module docstring).
+
+    Args:
+        model_name: timm model name, optionally with a pretrained tag (``convnext_tiny.fb_in22k``).
+        features_only: return every level (``feature_info``) unless ``out_indices`` says otherwise.
+        out_indices: levels to return (negatives from the end); default: all with ``features_only``,
+            else the model's final features.
+        weights: a weights file, or a timm tag (``a1_in1k``, ``DEFAULT``) found in the local cache.
+        strict: fail unless every weight matches.
+        output_stride: 8 or 16 (dilation) where the model supports it.
+        frozen_stages: -1 trains all; ``k`` freezes everything up to and including level ``k``.
+        norm_eval: keep every BatchNorm in eval mode during training.
+        in_chans: input channels (a 3-channel first conv in the weights is adapted).
+        return_prefix_tokens: after the maps, also return each level's prefix tokens ``[B, P, C]``.
+        drop_path_rate: stochastic depth rate, where the model has it.
+        img_size: input size for models with a fixed grid (ViTs); the position embedding is resized.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        features_only: bool = False,
+        out_indices: list[int] | int | None = None,
+        weights: str | None = None,
+        strict: bool = False,
+        output_stride: int | None = None,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        in_chans: int = 3,
+        return_prefix_tokens: bool = False,
+        drop_path_rate: float = 0.0,
+        img_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        self.in_chans = in_chans
+        self._create_options = {
+            "in_chans": in_chans,
+            "output_stride": output_stride,
+            "drop_path_rate": drop_path_rate,
+            "img_size": img_size,
+        }
+        self.model = _create(model_name, **self._create_options)
+        levels = list(getattr(self.model, "feature_info", None) or [])
+        if not levels:
+            raise ValueError(f"timm model {model_name!r} describes no feature levels (feature_info)")
+        self.levels = [FeatureInfo(int(f["num_chs"]), int(f["reduction"]), str(f["module"])) for f in levels]
+        self.final_features = out_indices is None and not features_only
+        self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
+        self.return_prefix_tokens = bool(return_prefix_tokens)
+        self.native = False
+        self.weights_report: WeightsReport | None = None
+        self._unused_weights: dict[str, torch.Tensor] = {}
+        if self.final_features:
+            self.out_indices = [len(self.levels) - 1]
+            self.final = probe_final_features(self.model, self.pretrained_cfg["input_size"], self.levels[-1])
+            self.num_prefix_tokens = self.final.num_prefix
+            self.feature_info = [
+                FeatureInfo(self.final.channels, self.levels[-1].reduction, "forward_features")
+            ]
+        else:
+            self.out_indices = resolve_out_indices(out_indices, len(self.levels), features_only)
+            self.feature_info = [self.levels[i] for i in self.out_indices]
+            self._load(weights, strict)  # before pruning: a pruned model would report its own gaps
+            weights = None
+            if hasattr(self.model, "prune_intermediate_layers"):
+                self.out_indices = list(
+                    self.model.prune_intermediate_layers(self.out_indices, prune_norm=True, prune_head=True)
+                )
+        self._load(weights, strict)
+        fi_params = inspect.signature(self.model.forward_intermediates).parameters
+        self._prefix_arg = "return_prefix_tokens" in fi_params
+        if (
+            return_prefix_tokens
+            and not self.final_features
+            and self.num_prefix_tokens
+            and not self._prefix_arg
+        ):
+            raise ValueError(f"timm model {model_name!r} cannot return prefix tokens of intermediate levels")
+        self._stop_early = "stop_early" in fi_params
+        self._freeze_to(frozen_stages)
+        self.norm_eval = norm_eval
+
+    # -- construction helpers -------------------------------------------------------------------------
+    def _load(self, weights: str | None, strict: bool) -> None:
+        if not weights:
+            return
+        report = load_weights(self.model, weights, strict=strict, arch=self.model_name, family="timm")
+        names = self.model.pretrained_cfg.get("classifier") or ()
+        roots = {n.split(".")[0] + "." for n in ([names] if isinstance(names, str) else names)}
+        # keep the file's classifier (the model was built without one) for native_head()
+        self._unused_weights = {k: v for k, v in report.unused.items() if k.startswith(tuple(roots))}
+        self.weights_report = report
+
+    def _freeze_to(self, frozen_stages: int) -> None:
+        """Freeze every parameter registered up to the end of level ``frozen_stages``."""
+        if not -1 <= frozen_stages < len(self.levels):
+            raise ValueError(f"frozen_stages must be in -1..{len(self.levels) - 1}, got {frozen_stages}")
+        self.frozen_stages = frozen_stages
+        self._frozen: list[nn.Module] = []
+        if frozen_stages < 0:
+            return
+        names = [n for n, _ in self.model.named_modules()]
+        target = self.levels[frozen_stages].name
+        if target not in names:
+            raise ValueError(f"cannot freeze: level module {target!r} is not in {self.model_name}")
+        start = names.index(target)
+        end = max([i for i, n in enumerate(names) if n.startswith(target + ".")], default=start)
+        modules = dict(self.model.named_modules())
+        for name in names[: end + 1]:
+            module = modules[name]
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(False)
+            if name and all(not p.requires_grad for p in module.parameters()):
+                self._frozen.append(module)
+        self.train(self.training)
+
+    # -- interface ------------------------------------------------------------------------------------
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's data config for this model: input_size, mean, std, interpolation, crop_pct, ..."""
+        cfg = dict(getattr(self.model, "pretrained_cfg", {}) or {})
+        size = self._create_options["img_size"]
+        if "input_size" in cfg:
+            hw = (size, size) if size is not None else tuple(cfg["input_size"])[1:]
+            cfg["input_size"] = (self.in_chans, *hw)
+        return cfg
+
+    def train(self, mode: bool = True) -> TimmBackbone:
+        super().train(mode)
+        if mode:
+            for module in getattr(self, "_frozen", []):
+                module.eval()
+            if getattr(self, "norm_eval", False):
+                for m in self.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Images ``[B, C, H, W]`` -> NCHW maps of the selected levels (then prefix tokens, if asked)."""
+        if self.final_features:
+            return self._final(x)
+        kwargs: dict[str, Any] = {
+            "indices": self.out_indices,
+            "output_fmt": "NCHW",
+            "intermediates_only": True,
+        }
+        if self._stop_early:
+            kwargs["stop_early"] = True
+        want_prefix = self.return_prefix_tokens and self._prefix_arg and self.num_prefix_tokens > 0
+        if want_prefix:
+            kwargs["return_prefix_tokens"] = True
+        outs = self.model.forward_intermediates(x, **kwargs)
+        if not want_prefix:
+            return list(outs)
+        maps = [o[0] for o in outs]
+        return maps + [o[1] for o in outs]
+
+    def _final(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.model.forward_features(x)
+        if self.final.parts > 1:
+            feats = feats[-1]
+        fmap, prefix = to_nchw(
+            feats, self.final.layout, x.shape[-2:], self.final.num_prefix, self.feature_info[0].reduction
+        )
+        return [fmap, prefix] if prefix is not None and (self.return_prefix_tokens or self.native) else [fmap]
+
+    # -- native classification path -------------------------------------------------------------------
+    def native_encoder(self) -> TimmNativeEncoder:
+        """The model's own pooling + pre-logits path (``forward_head(pre_logits=True)``) as an encoder."""
+        if not self.final_features:
+            raise ValueError(
+                "the native encoder needs the model's final features: leave out_indices and "
+                "features_only unset"
+            )
+        if self.final.parts > 1:
+            raise ValueError(
+                f"timm/{self.model_name}'s forward_features returns {self.final.parts} tensors, which one "
+                "map cannot carry; use a pooling encoder (e.g. gap) instead of native"
+            )
+        self.native = True  # prefix (class) tokens travel after the map
+        return TimmNativeEncoder(self)
+
+    def native_head(self, num_classes: int) -> TimmNativeHead:
+        """timm's own classifier for ``num_classes``, with the weights file's classifier when it fits."""
+        head = TimmNativeHead(self.model_name, self._create_options, num_classes)
+        head.load_from(self._unused_weights)
+        if not head.exact:
+            logger.warning(
+                "timm/%s: its logits also read tokens beyond the pre-logits vector (distillation "
+                "token / auxiliary head); the native head approximates them",
+                self.model_name,
+            )
+        return head
+
+
+class FinalFeatures(NamedTuple):
+    """How a model's ``forward_features`` output looks: its layout, channels, prefix tokens, list length."""
+
+    layout: str  # NCHW, NHWC, NLC (tokens), NCL (channels-first tokens) or NC (pooled)
+    channels: int
+    num_prefix: int
+    parts: int  # > 1: a list of tensors, the last one is the map
+
+
+def probe_final_features(model: nn.Module, input_size: Any, last: FeatureInfo) -> FinalFeatures:
+    """Run ``forward_features`` once on one small image (then, if the model needs it, one of its own input
+    size) and read the layout of the output."""
+    channels, *own = (int(v) for v in input_size)
+    low = (getattr(model, "pretrained_cfg", None) or {}).get("min_input_size") or (0, 0, 0)
+    sizes = [(max(64, int(low[-2])), max(64, int(low[-1]))), tuple(own)]
+    g = torch.Generator().manual_seed(0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, hw in enumerate(sizes):
+                x = torch.randn(1, channels, *hw, generator=g)
+                try:
+                    feats = model.forward_features(x)
+                    break
+                except (RuntimeError, AssertionError, ValueError):  # too small for this model
+                    if i == len(sizes) - 1:
+                        raise
+    finally:
+        model.train(was_training)
+    parts = len(feats) if isinstance(feats, (list, tuple)) else 1
+    out = feats[-1] if parts > 1 else feats
+    expected = last.channels if parts > 1 else int(model.num_features)
+    shape = tuple(out.shape)
+    if len(shape) == 2:
+        return FinalFeatures("NC", shape[1], 0, parts)
+    if len(shape) == 4:
+        nhwc = str(getattr(model, "output_fmt", "")) == "NHWC" or (
+            shape[1] != expected and shape[3] == expected
+        )
+        return FinalFeatures("NHWC" if nhwc else "NCHW", shape[3] if nhwc else shape[1], 0, parts)
+    if len(shape) != 3:
+        raise ValueError(f"cannot read forward_features output of shape {shape} as a map")
+    if shape[1] == expected and shape[2] != expected:
+        return FinalFeatures("NCL", shape[1], 0, parts)
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if prefix is None:  # tokens beyond the grid of the last level are prefix tokens
+        grid = math.ceil(x.shape[-2] / last.reduction) * math.ceil(x.shape[-1] / last.reduction)
+        prefix = shape[1] - grid if 0 < shape[1] - grid <= 16 else 0
+    return FinalFeatures("NLC", shape[2], int(prefix), parts)
+
+
+def to_nchw(
+    feats: torch.Tensor, layout: str, image_size: Any, num_prefix: int, reduction: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features in ``layout`` as an NCHW map, plus the prefix tokens ``[B, P, C]`` (or None).
+
+    A token grid is ``ceil(H / reduction) x ceil(W / reduction)`` when that accounts for every token, else
+    the factorization of the token count closest to the image's aspect ratio.
+    """
+    if layout == "NC":
+        return feats[:, :, None, None], None
+    if layout == "NHWC":
+        return feats.permute(0, 3, 1, 2), None
+    if layout == "NCHW":
+        return feats, None
+    tokens = feats if layout == "NCL" else feats[:, num_prefix:].transpose(1, 2)
+    h, w = _grid(tokens.shape[2], int(image_size[0]), int(image_size[1]), reduction)
+    fmap = tokens.reshape(tokens.shape[0], tokens.shape[1], h, w)
+    return fmap, (feats[:, :num_prefix] if layout == "NLC" and num_prefix else None)
+
+
+def from_nchw(fmap: torch.Tensor, layout: str, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`to_nchw`: the map (and prefix tokens) back in the model's own layout."""
+    if layout == "NC":
+        return fmap.flatten(1)
+    if layout == "NHWC":
+        return fmap.permute(0, 2, 3, 1)
+    if layout == "NCL":
+        return fmap.flatten(2)
+    if layout == "NLC":
+        tokens = fmap.flatten(2).transpose(1, 2)
+        return tokens if prefix is None else torch.cat([prefix, tokens], dim=1)
+    return fmap
+
+
+def _grid(n: int, h_img: int, w_img: int, reduction: int = 0) -> tuple[int, int]:
+    """The ``h x w`` grid of ``n`` tokens for an image of ``h_img x w_img``."""
+    if reduction and math.ceil(h_img / reduction) * math.ceil(w_img / reduction) == n:
+        return math.ceil(h_img / reduction), math.ceil(w_img / reduction)
+    best = None
+    for h in range(1, n + 1):
+        if n % h == 0:
+            err = abs(math.log((h / (n // h)) / (h_img / w_img)))
+            if best is None or err < best[0]:
+                best = (err, h)
+    h = best[1] if best else 1
+    return h, n // h
+
+
+def _create(name: str, **options: Any) -> nn.Module:
+    timm = _timm()
+    base, _, tag = name.partition(".")
+    if not timm.is_model(base):
+        raise ValueError(f"timm has no model {base!r}")
+    tags = [t.split(".", 1)[1] for t in timm.list_pretrained(base + ".*")] if tag else []
+    if tag and tag not in tags:
+        raise ValueError(
+            f"timm model {base!r} has no pretrained tag {tag!r}; tags: {', '.join(tags) or 'none'}"
+        )
+    kwargs: dict[str, Any] = {"in_chans": options["in_chans"], "num_classes": options.get("num_classes", 0)}
+    for key in ("output_stride", "img_size"):
+        if options[key] is not None:
+            kwargs[key] = options[key]
+    if options["drop_path_rate"]:
+        kwargs["drop_path_rate"] = float(options["drop_path_rate"])
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as err:
+        given = ", ".join(k for k in kwargs if k not in ("in_chans", "num_classes"))
+        raise ValueError(f"timm model {name!r} does not accept {given or 'these options'}: {err}") from err
+
+
+class TimmNativeEncoder(nn.Module):
+    """``forward_head(features, pre_logits=True)`` of the backbone's timm model.
+
+    It has no parameters of its own: the pooling / norm / hidden layers stay in the backbone's model,
+    which this encoder shares (not as a submodule, so nothing is counted or saved twice).
+    """
+
+    def __init__(self, backbone: TimmBackbone) -> None:
+        super().__init__()
+        object.__setattr__(self, "_backbone", backbone)
+        model = backbone.model
+        self.in_channels = backbone.feature_info[0].channels
+        self.out_channels = int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+    def forward(self, features: Any) -> torch.Tensor:
+        items = list(features) if isinstance(features, (list, tuple)) else [features]
+        backbone = self._backbone
+        raw = from_nchw(items[0], backbone.final.layout, items[1] if len(items) > 1 else None)
+        return backbone.model.forward_head(raw, pre_logits=True)
+
+
+class TimmNativeHead(Head):
+    """timm's final classifier for ``num_classes`` applied to the pre-logits vector.
+
+    Built like timm builds it (a Linear, a 1x1 conv, LeViT's BN + Linear, ...; of a pooling
+    ``ClassifierHead`` only its ``fc``); two heads (distillation) are averaged as timm does in eval.
+    ``exact`` is False where timm's logits read more than the pre-logits vector: DeiT-style distillation
+    tokens (two vectors) and VOLO's auxiliary token head; the head then approximates timm's logits.
+    """
+
+    def __init__(self, model_name: str, options: dict[str, Any], num_classes: int) -> None:
+        with torch.device("meta"):
+            reference = _create(model_name, **options, num_classes=num_classes)
+        super().__init__(
+            int(getattr(reference, "head_hidden_size", None) or reference.num_features), num_classes
+        )
+        found = reference.get_classifier()
+        modules = [_final_layer(m) for m in (found if isinstance(found, (tuple, list)) else [found])]
+        self.exact = (
+            getattr(reference, "aux_head", None) is None and getattr(reference, "dist_token", None) is None
+        )
+        paths = {id(m): name for name, m in reference.named_modules()}
+        self.paths = [paths.get(id(m), "") for m in modules]  # where timm's state dict keeps them
+        self.classifiers = nn.ModuleList(m.to_empty(device="cpu") for m in modules)
+        for m in self.classifiers.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def load_from(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a timm state dict's classifier tensors (e.g. ``fc.weight``) where their shapes fit."""
+        for path, module in zip(self.paths, self.classifiers):
+            sub = {k[len(path) + 1 :]: v for k, v in state.items() if path and k.startswith(path + ".")}
+            if sub:
+                load_weights(module, sub, log=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [
+            m(x[:, :, None, None]).flatten(1) if isinstance(m, nn.Conv2d) else m(x) for m in self.classifiers
+        ]
+        return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+
+
+def _final_layer(module: nn.Module) -> nn.Module:
+    """The layer that makes logits: a head that also pools (``forward(x, pre_logits)``) gives its ``fc``."""
+    fc = getattr(module, "fc", None)
+    pools = "pre_logits" in inspect.signature(module.forward).parameters
+    return fc if pools and isinstance(fc, nn.Module) else module
+
+
+# -- registry -------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def timm_backbone_names() -> tuple[str, ...]:
+    """``timm/<name>`` for every timm model architecture."""
+    return tuple(PREFIX + n for n in _timm().list_models())
+
+
+@functools.cache
+def _builder(model_name: str):
+    """A builder whose signature is TimmBackbone's without ``model_name``, so configs are checked."""
+    return bind_model_name(TimmBackbone, model_name, PREFIX + model_name)
+
+
+def _resolve(name: str):
+    if not name.lower().startswith(PREFIX):
+        return None
+    model_name = name[len(PREFIX) :]
+    base, dot, tag = model_name.partition(".")
+    if not _timm().is_model(base):
+        base = base.lower()  # timm names are lower case: accept timm/ResNet50
+        if not _timm().is_model(base):
+            return None
+    return _builder(base + dot + tag)
+
+
+BACKBONES.add_resolver(_resolve, lambda: list(timm_backbone_names()))
