@@ -13,7 +13,7 @@ from visionstack.models.summary import count_params, summarize
 def test_params_and_flops_match_torchvision_resnet18() -> None:
     model = vs.create_model("resnet18", num_classes=7)
     ref = torchvision.models.resnet18(num_classes=7)
-    summary = summarize(model, 64, layers=True, max_depth=2)
+    summary = summarize(model, 64, layers=True, max_depth=3)
     assert summary.total_params == sum(p.numel() for p in ref.parameters())
     with FlopCounterMode(display=False) as counter:
         ref(torch.zeros(1, 3, 64, 64))

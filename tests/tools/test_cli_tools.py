@@ -286,15 +286,7 @@ def test_missing_and_non_image_inputs(run, foreign, tmp_path, capsys) -> None:
         _fails([verb, ckpt, str(foreign["not_image"])], capsys, "notes.png", "not an image")
 
 
-SHAPES_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="engine/checkpoint.build_model_from_checkpoint lets load_state_dict's size-mismatch RuntimeError "
-    "through instead of a CheckpointError (reported to the training-engine owner)",
-)
-
-
-@pytest.mark.parametrize("kind", [pytest.param("shapes", marks=SHAPES_XFAIL), "keys"])
+@pytest.mark.parametrize("kind", ["shapes", "keys"])
 def test_checkpoint_from_another_model(run, foreign, capsys, kind) -> None:
     image = str(run["root"] / "red" / "red_0.png")
     for argv in _verbs(str(foreign[kind]), image):
