@@ -73,6 +73,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from visionstack.models.features import FeatureInfo
     from visionstack.models.weights import load_weights
     from visionstack.registry import (
-        BACKBONES, DATASETS, ENCODERS, HEADS, LOSSES, METHODS, METRICS, NECKS, OPTIMIZERS, SCHEDULERS,
-        TRANSFORMS, Registry, list_models, register, registry_for,
+        BACKBONES,
+        DATASETS,
+        ENCODERS,
+        HEADS,
+        LOSSES,
+        METHODS,
+        METRICS,
+        NECKS,
+        OPTIMIZERS,
+        SCHEDULERS,
+        TRANSFORMS,
+        Registry,
+        list_models,
+        register,
+        registry_for,
     )

@@ -19,7 +19,6 @@ import yaml
 from visionstack.errors import ConfigError
 
 
-
 class ConfigSafeLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.2), as users write learning rates."""
 

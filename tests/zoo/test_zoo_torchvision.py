@@ -14,9 +14,9 @@ import math
 
 import pytest
 import torch
-from tests.models.test_equivalence import reference, save
 
 import visionstack as vs
+from tests.models.test_equivalence import reference, save
 from visionstack.models.backbones.torchvision import build_torchvision_model, torchvision_names
 from visionstack.models.discovery import discover_stages
 from visionstack.models.graph_cut import split_native, trace_model

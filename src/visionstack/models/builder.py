@@ -17,7 +17,7 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from visionstack.config import check_keys, closest
+from visionstack.config import check_keys
 from visionstack.errors import ConfigError, UnknownNameError
 from visionstack.registry import BACKBONES, ENCODERS, HEADS, LOSSES, METHODS, NECKS, Registry
 

@@ -6,13 +6,11 @@ builder wires widths automatically. ``int`` means one tensor, ``list[int]`` one 
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import nn
 
-Channels = Union[int, list[int]]
-Features = Union[torch.Tensor, list[torch.Tensor]]
+Channels = int | list[int]
+Features = torch.Tensor | list[torch.Tensor]
 
 
 def as_list(x: Features) -> list[torch.Tensor]:

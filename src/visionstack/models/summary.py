@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,10 +112,8 @@ def summarize(model: nn.Module, input_size: int | tuple[int, int] = 224, layers:
             extract = getattr(model, "extract", None)
             if callable(extract):
                 for stage in ("backbone", "pre_logits"):
-                    try:
+                    with contextlib.suppress(ValueError, NotImplementedError):
                         outputs[stage] = _shape(extract(images, stage=stage))
-                    except (ValueError, NotImplementedError):
-                        pass
         backbone = getattr(model, "backbone", model)
         info = list(getattr(backbone, "feature_info", []) or [])
         rows = layer_table(model, images, max_depth) if layers else []
