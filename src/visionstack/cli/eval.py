@@ -102,23 +102,14 @@ def collect_reports(
     """Run ``model.predict_step`` over ``loader``: a :class:`ReportMetrics` per ``logits*`` output and the
     ``(embeddings, labels)`` of an ``embedding`` output (gathered from every rank), or None."""
     import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from visionstack.engine import distributed
+    from visionstack.engine.logging import count_progress
     from visionstack.engine.reports import ReportMetrics
 
     metrics: dict[str, ReportMetrics] = {}
     embeddings, labels_seen, indices = [], [], []
-    bar = Progress(
-        TextColumn("eval"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not progress,
-        transient=True,
-    )
+    bar = count_progress("eval", progress)
     with bar, torch.no_grad():
         task = bar.add_task("eval", total=len(loader))
         for batch in loader:

@@ -163,8 +163,7 @@ def predict_paths(
     progress: bool = True,
 ) -> list[Prediction]:
     """Top-``topk`` predictions for every path, in order; raises :class:`DecodeError` on the first bad file."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from visionstack.engine.logging import count_progress
 
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
@@ -172,15 +171,7 @@ def predict_paths(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     model = model.to(device).eval()
     out: list[Prediction] = []
-    bar = Progress(
-        TextColumn("predict"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not progress,
-        transient=True,
-    )
+    bar = count_progress("predict", progress)
     with bar:
         task = bar.add_task("predict", total=len(dataset))
         for batch in loader:

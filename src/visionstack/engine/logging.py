@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from visionstack.engine.checkpoint import atomic_write
 
@@ -36,6 +43,20 @@ def progress_enabled(setting: bool | None = None) -> bool:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         return False
     return sys.stderr.isatty()
+
+
+def count_progress(label: str, enabled: bool) -> Progress:
+    """A transient ``label  [bar]  done/total  eta`` bar on stderr for a loop over a known count; a
+    disabled bar costs nothing. Use as a context manager and ``add_task`` / ``advance`` on it."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=True,
+    )
 
 
 class EpochProgress:
