@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from visionstack.cli.args import add_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="square input size (default: data.image_size, the backbone's pretrained size, or 224)",
     )
     parser.add_argument("--num-classes", type=int, default=None, help="classes when the config does not say")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    add_overrides(parser)
     parser.add_argument("--features-only", action="store_true", help="for a model name: the bare backbone")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from visionstack.cli.args import add_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["show", "check"], help="show: print the merged config; check: validate only")
+    parser.add_argument(
+        "action", choices=["show", "check"], help="show: print the merged config; check: validate only"
+    )
     parser.add_argument("config", help="YAML or JSON run config")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides such as model.head.num_classes=10 train.epochs=3")
+    add_overrides(parser, "model.head.num_classes=10 train.epochs=3")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from visionstack.cli.args import add_overrides
+
 SPLITS = ("val", "test", "train")
 
 
@@ -27,14 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "config", nargs="?", default=None, help="run config (optional: the checkpoint carries its own)"
     )
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint to evaluate")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. data.root=/data/cub data.val_batch_size=64",
-    )
+    add_overrides(parser, "data.root=/data/cub data.val_batch_size=64")
     parser.add_argument("--split", choices=SPLITS, default="val", help="data split to evaluate (default val)")
     parser.add_argument(
         "--tta",

@@ -5,14 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from visionstack.cli.args import add_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="a run config (YAML/JSON) or a model name (e.g. resnet50, timm/convnext_tiny)")
-    parser.add_argument("--input-size", type=int, default=None,
-                        help="square input size (default: data.image_size of the config, the backbone's "
-                             "pretrained input size, or 224)")
+    parser.add_argument(
+        "target", help="a run config (YAML/JSON) or a model name (e.g. resnet50, timm/convnext_tiny)"
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="square input size (default: data.image_size of the config, the backbone's "
+        "pretrained input size, or 224)",
+    )
     parser.add_argument("--num-classes", type=int, default=None, help="classes when the config does not say")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    add_overrides(parser)
     parser.add_argument("--layers", action="store_true", help="add a per-layer table (torchinfo-style)")
     parser.add_argument("--depth", type=int, default=3, help="module depth of the per-layer table")
     parser.add_argument("--features-only", action="store_true", help="for a model name: the bare backbone")
@@ -62,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(name, f"{total:,}", f"{trainable:,}")
     table.add_row("[b]total", f"[b]{s.total_params:,}", f"[b]{s.trainable_params:,}")
     console.print(table)
-    console.print(f"FLOPs: {s.flops / 1e9:.3f} G ({s.macs / 1e9:.3f} G multiply-adds; 1 MAC = 2 FLOPs), batch 1")
+    console.print(
+        f"FLOPs: {s.flops / 1e9:.3f} G ({s.macs / 1e9:.3f} G multiply-adds; 1 MAC = 2 FLOPs), batch 1"
+    )
     for key, shape in s.output_shapes.items():
         console.print(f"{key}: {shape}")
     if s.feature_info:
@@ -73,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if s.layers:
         lt = Table("layer", "type", "output", "params")
         for row in s.layers:
-            lt.add_row("  " * (row.depth - 1) + row.name.rsplit(".", 1)[-1], row.type, row.output_shape, f"{row.params:,}")
+            lt.add_row(
+                "  " * (row.depth - 1) + row.name.rsplit(".", 1)[-1],
+                row.type,
+                row.output_shape,
+                f"{row.params:,}",
+            )
         console.print(lt)
     return 0

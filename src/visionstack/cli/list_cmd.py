@@ -6,10 +6,16 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", nargs="?", default=None,
-                        help="backbone, encoder, neck, head, loss, method, dataset, transform, optimizer, "
-                             "scheduler, metric (default: a count per kind)")
-    parser.add_argument("pattern", nargs="?", default="*", help="glob pattern, e.g. 'resnet*' or 'timm/convnext*'")
+    parser.add_argument(
+        "kind",
+        nargs="?",
+        default=None,
+        help="backbone, encoder, neck, head, loss, method, dataset, transform, optimizer, "
+        "scheduler, metric (default: a count per kind)",
+    )
+    parser.add_argument(
+        "pattern", nargs="?", default="*", help="glob pattern, e.g. 'resnet*' or 'timm/convnext*'"
+    )
     parser.add_argument("--aliases", action="store_true", help="show the aliases of each name")
 
 
@@ -30,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     reg = registry_for(args.kind)
     names = reg.list(args.pattern)
-    table = Table("name", *(["aliases"] if args.aliases else []), title=f"{reg.kind}s matching {args.pattern!r}")
+    table = Table(
+        "name", *(["aliases"] if args.aliases else []), title=f"{reg.kind}s matching {args.pattern!r}"
+    )
     for name in names:
         table.add_row(name, *([", ".join(reg.aliases_of(name))] if args.aliases else []))
     console.print(table)

@@ -30,14 +30,22 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument(
-        "--plugins", action="append", default=[], metavar="FILE",
+        "--plugins",
+        action="append",
+        default=[],
+        metavar="FILE",
         help="Python file(s) that register user parts (the only way user code is loaded)",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, (module, help_text) in VERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--plugins", action="append", default=argparse.SUPPRESS, metavar="FILE",
-                       help="Python file(s) that register user parts")
+        p.add_argument(
+            "--plugins",
+            action="append",
+            default=argparse.SUPPRESS,
+            metavar="FILE",
+            help="Python file(s) that register user parts",
+        )
         if name == verb:  # only the chosen verb's module is imported
             importlib.import_module(module).add_arguments(p)
     return parser

@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import argparse
 
+from visionstack.cli.args import add_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML or JSON run config")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="overrides such as train.epochs=3 data.batch_size=64",
-    )
+    add_overrides(parser, "train.epochs=3 data.batch_size=64")
     parser.add_argument(
         "--work-dir",
         default=None,

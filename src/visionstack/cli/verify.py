@@ -9,19 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from visionstack.cli.args import add_overrides
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target", help="a run or data config (YAML/JSON) with a `data` section, or a folder of images"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides such as data.root=/data/CUB_200_2011",
-    )
+    add_overrides(parser, "data.root=/data/CUB_200_2011")
     parser.add_argument(
         "--split",
         choices=["train", "val", "test", "all"],
