@@ -98,31 +98,24 @@ def export_onnx(
             _atomic_target(path) if not external else contextlib.nullcontext(path) as target,
             contextlib.redirect_stdout(io.StringIO()),
         ):
+            names = {"input_names": ["images"], "output_names": ["logits"], "opset_version": opset}
             if exporter == "dynamo":
                 torch.onnx.export(
                     model,
                     (sample,),
                     str(target),
                     dynamo=True,
-                    input_names=["images"],
-                    output_names=["logits"],
                     dynamic_shapes=({0: "batch"},),
-                    opset_version=opset,
                     external_data=external,
                     verbose=False,
+                    **names,
                 )
             elif exporter == "legacy":
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
+                    batch_axis = {"images": {0: "batch"}, "logits": {0: "batch"}}
                     torch.onnx.export(
-                        model,
-                        (sample,),
-                        str(target),
-                        dynamo=False,
-                        input_names=["images"],
-                        output_names=["logits"],
-                        opset_version=opset,
-                        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                        model, (sample,), str(target), dynamo=False, dynamic_axes=batch_axis, **names
                     )
             else:
                 raise ExportError(f"unknown ONNX exporter {exporter!r}; use 'dynamo' or 'legacy'")

@@ -15,7 +15,7 @@ ranks break ties by gallery order. Large sets are processed in chunks of queries
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -122,6 +122,16 @@ def _ks(ks: int | Sequence[int]) -> list[int]:
     return ks
 
 
+def _hit_rates(correct: Iterable[torch.Tensor], ks: list[int], total: int) -> dict[int, float]:
+    """Per ``k``: the fraction of ``total`` rows (over all chunks of ``[q, ranks]`` booleans) with a hit
+    in their first ``k`` ranks."""
+    hits = dict.fromkeys(ks, 0)
+    for chunk in correct:
+        for k in ks:
+            hits[k] += int(chunk[:, :k].any(dim=1).sum())
+    return {k: hits[k] / max(total, 1) for k in ks}
+
+
 def recall_at_k(
     query: torch.Tensor,
     query_labels: torch.Tensor,
@@ -131,12 +141,8 @@ def recall_at_k(
     metric: Metric = "cosine",
 ) -> dict[int, float]:
     """Fraction of queries with at least one same-label item among their ``k`` nearest gallery items."""
-    ks = _ks(ks)
-    hits = {k: 0 for k in ks}
-    for _, rel, _ in _ranked(query, query_labels, gallery, gallery_labels, metric):
-        for k in ks:
-            hits[k] += int(rel[:, :k].any(dim=1).sum())
-    return {k: hits[k] / max(len(query), 1) for k in ks}
+    ranked = (rel for _, rel, _ in _ranked(query, query_labels, gallery, gallery_labels, metric))
+    return _hit_rates(ranked, _ks(ks), len(query))
 
 
 def topk_accuracy(
@@ -151,17 +157,17 @@ def topk_accuracy(
     of its closest gallery item (with a class-mean gallery: nearest-class-mean classification)."""
     ks = _ks(ks)
     classes, inverse = torch.unique(gallery_labels, return_inverse=True)
-    hits = {k: 0 for k in ks}
-    for start in range(0, len(query), CHUNK):
-        sims = similarity(query[start : start + CHUNK], gallery, metric)
-        scores = torch.full((len(sims), len(classes)), -math.inf).scatter_reduce(
-            1, inverse.expand_as(sims), sims, reduce="amax"
-        )
-        ranked = classes[torch.sort(scores, dim=1, descending=True, stable=True).indices]
-        correct = ranked == query_labels[start : start + CHUNK, None]
-        for k in ks:
-            hits[k] += int(correct[:, :k].any(dim=1).sum())
-    return {k: hits[k] / max(len(query), 1) for k in ks}
+
+    def correct_per_chunk() -> Iterator[torch.Tensor]:
+        for start in range(0, len(query), CHUNK):
+            sims = similarity(query[start : start + CHUNK], gallery, metric)
+            scores = torch.full((len(sims), len(classes)), -math.inf).scatter_reduce(
+                1, inverse.expand_as(sims), sims, reduce="amax"
+            )
+            ranked = classes[torch.sort(scores, dim=1, descending=True, stable=True).indices]
+            yield ranked == query_labels[start : start + CHUNK, None]
+
+    return _hit_rates(correct_per_chunk(), ks, len(query))
 
 
 def knn_predict(
