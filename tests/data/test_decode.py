@@ -177,3 +177,48 @@ def test_color_key_transparency_and_float_images(tmp_path: Path) -> None:
     tiff = tmp_path / "float.tif"
     Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32), "F").save(tiff)
     assert np.asarray(decode_image(tiff))[0, :, 0].tolist() == [0, 128, 255]  # [0, 1] floats scaled by 255
+
+
+def _swapped_primaries_profile() -> bytes:
+    """An RGB ICC profile whose red and blue primaries are swapped: converting from it to sRGB swaps the
+    red and blue channels, a change no rounding can produce."""
+    import struct
+
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    count = struct.unpack(">I", data[128:132])[0]
+    entries = {bytes(data[132 + 12 * i : 136 + 12 * i]): 132 + 12 * i for i in range(count)}
+    red, blue = entries[b"rXYZ"], entries[b"bXYZ"]
+    data[red + 4 : red + 12], data[blue + 4 : blue + 12] = (
+        data[blue + 4 : blue + 12],
+        data[red + 4 : red + 12],
+    )
+    return bytes(data)
+
+
+def test_icc_profile_ignored_by_default_and_converted_to_srgb_on_request(tmp_path: Path) -> None:
+    path = tmp_path / "tagged.png"
+    Image.new("RGB", (8, 6), (200, 30, 10)).save(path, icc_profile=_swapped_primaries_profile())
+    assert decode_image(path).getpixel((0, 0)) == (200, 30, 10)
+    converted = np.asarray(DecodePolicy(icc="srgb").decode(path), dtype=int)
+    assert np.abs(converted - np.array([10, 30, 200])).max() <= 2
+    rgba = tmp_path / "tagged_rgba.png"
+    Image.new("RGBA", (8, 6), (200, 30, 10, 255)).save(rgba, icc_profile=_swapped_primaries_profile())
+    assert np.abs(np.asarray(decode_image(rgba, icc="srgb"), dtype=int) - [10, 30, 200]).max() <= 2
+
+
+def test_srgb_profile_is_nearly_identity_and_bad_profile_names_the_file(tmp_path: Path) -> None:
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image = noise()
+    image.save(tmp_path / "srgb.png", icc_profile=srgb)
+    out = np.asarray(decode_image(tmp_path / "srgb.png", icc="srgb"), dtype=int)
+    assert np.abs(out - np.asarray(image, dtype=int)).max() <= 2
+    image.save(tmp_path / "bad_icc.png", icc_profile=b"not a profile" * 10)
+    assert decode_image(tmp_path / "bad_icc.png").size == image.size  # ignored by default
+    with pytest.raises(DecodeError, match=r"bad_icc\.png: bad ICC profile"):
+        decode_image(tmp_path / "bad_icc.png", icc="srgb")
+    with pytest.raises(ConfigError, match="decode.icc"):
+        DecodePolicy.from_cfg({"icc": "adobe"})

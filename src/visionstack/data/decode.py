@@ -11,7 +11,9 @@
    (``RGBA``, ``LA``, ``PA``, palette with transparency) composited on ``background``, 16-bit integer
    modes (``I;16*``, ``I``) scaled by 255/65535 (65535 -> 255, rounded), float ``F`` read as [0, 1] when
    its values lie there and clipped to [0, 255] otherwise. 16-bit RGB PNGs are reduced to 8 bits by PIL
-   itself (most significant byte). ICC profiles are not applied (as in torchvision and timm).
+   itself (most significant byte). An embedded ICC profile is ignored by default (as in torchvision and
+   timm, so pixels match what pretrained weights saw); ``icc="srgb"`` converts RGB, RGBA, CMYK and L
+   images from their embedded profile to sRGB first (PIL's ImageCms, perceptual intent).
 
 Animated or multi-frame files give their first frame. Every failure raises :class:`DecodeError` (a
 :class:`~visionstack.errors.DataError`) naming the file and the reason. :class:`DecodePolicy` carries the
@@ -21,6 +23,7 @@ them in ``dataset.bad_files`` -- a sample is never replaced by another one.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
@@ -42,6 +45,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".t
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}  # composited on the background
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+#: What :func:`decode_image` does with an embedded ICC profile.
+ICC_MODES = ("ignore", "srgb")
+_ICC_OUTPUT = {"RGB": "RGB", "CMYK": "RGB", "L": "RGB", "RGBA": "RGBA"}  # input mode -> converted mode
 
 
 class DecodeError(DataError):
@@ -61,13 +67,17 @@ class DecodePolicy:
     ``background``: RGB color transparent pixels are composited on.
     ``on_error``: ``"raise"`` -- a bad file raises when it is loaded; ``"skip"`` -- the dataset decodes every
     file once when it is built, drops the bad ones and lists them in ``dataset.bad_files`` with a warning.
+    ``icc``: ``"ignore"`` (default) or ``"srgb"``: convert from the embedded ICC profile to sRGB.
     """
 
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     background: tuple[int, int, int] = (255, 255, 255)
     on_error: Literal["raise", "skip"] = "raise"
+    icc: Literal["ignore", "srgb"] = "ignore"
 
     def __post_init__(self) -> None:
+        if self.icc not in ICC_MODES:
+            raise ConfigError("decode.icc", f"expected one of {', '.join(ICC_MODES)}, got {self.icc!r}")
         if self.on_error not in ("raise", "skip"):
             raise ConfigError("decode.on_error", f"expected 'raise' or 'skip', got {self.on_error!r}")
         if self.max_pixels is not None and (not isinstance(self.max_pixels, int) or self.max_pixels <= 0):
@@ -83,7 +93,8 @@ class DecodePolicy:
 
     @classmethod
     def from_cfg(cls, cfg: DecodePolicy | Mapping[str, Any] | None) -> DecodePolicy:
-        """A policy from a config mapping (keys ``max_pixels``, ``background``, ``on_error``) or ``None``."""
+        """A policy from a config mapping (keys ``max_pixels``, ``background``, ``on_error``, ``icc``) or
+        ``None``."""
         if cfg is None:
             return cls()
         if isinstance(cfg, DecodePolicy):
@@ -98,7 +109,7 @@ class DecodePolicy:
 
     def decode(self, path: str | os.PathLike[str]) -> Image.Image:
         """Decode ``path`` under this policy (always raises on a bad file, whatever ``on_error`` says)."""
-        return decode_image(path, max_pixels=self.max_pixels, background=self.background)
+        return decode_image(path, max_pixels=self.max_pixels, background=self.background, icc=self.icc)
 
 
 # -- truncation detection, whatever PIL's global flag says -------------------------------------------------
@@ -177,16 +188,34 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     )  # L, 1, P, CMYK, YCbCr, ...; a mode PIL cannot convert is reported by the caller
 
 
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """``img`` converted from its embedded ICC profile to sRGB; unchanged without a profile or for a mode
+    ImageCms does not convert. Raises ``ImageCms.PyCMSError`` / ``OSError`` on a bad profile."""
+    from PIL import ImageCms
+
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in _ICC_OUTPUT:
+        return img
+    source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    converted = ImageCms.profileToProfile(
+        img, source, ImageCms.createProfile("sRGB"), outputMode=_ICC_OUTPUT[img.mode]
+    )
+    return img if converted is None else converted
+
+
 def decode_image(
     path: str | os.PathLike[str],
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: Sequence[int] = (255, 255, 255),
+    icc: Literal["ignore", "srgb"] = "ignore",
 ) -> Image.Image:
     """Decode one image file to an RGB ``PIL.Image`` under the policy described in the module docstring.
 
     Raises :class:`DecodeError` naming ``path`` and the reason for every failure.
     """
+    if icc not in ICC_MODES:
+        raise ValueError(f"icc must be one of {', '.join(ICC_MODES)}, got {icc!r}")
     path = Path(path)
     bg = (int(background[0]), int(background[1]), int(background[2]))
     img = _open(path, max_pixels)
@@ -198,8 +227,14 @@ def decode_image(
             ImageOps.exif_transpose(img, in_place=True)
         except Exception as err:  # corrupt EXIF: reported, not ignored
             raise DecodeError(path, f"bad EXIF data: {type(err).__name__}: {err}") from None
+        source = img
+        if icc == "srgb":
+            try:
+                source = _to_srgb(img)
+            except Exception as err:  # a profile ImageCms rejects: reported, not ignored
+                raise DecodeError(path, f"bad ICC profile: {type(err).__name__}: {err}") from None
         try:
-            out = _to_rgb(img, bg)
+            out = _to_rgb(source, bg)
         except (ValueError, OSError) as err:
             raise DecodeError(path, f"cannot convert mode {img.mode!r} to RGB: {err}") from None
         return out
