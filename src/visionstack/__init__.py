@@ -43,8 +43,17 @@ _EXPORTS: dict[str, str] = {
     "ImageClassifier": "visionstack.models.classifier",
     "FeatureInfo": "visionstack.models.features",
     "load_weights": "visionstack.models.weights",
+    # data
+    "decode_image": "visionstack.data.decode",
+    "DecodePolicy": "visionstack.data.decode",
+    "build_dataset": "visionstack.data.loader",
+    "build_loader": "visionstack.data.loader",
     # engine
     "OptimWrapper": "visionstack.engine.optim_wrapper",
+    "Trainer": "visionstack.engine.trainer",
+    "predict_paths": "visionstack.engine.inference",
+    "load_checkpoint_model": "visionstack.engine.inference",
+    "export_model": "visionstack.engine.export",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -65,7 +74,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from visionstack.config import dump_config, load_config
+    from visionstack.data.decode import DecodePolicy, decode_image
+    from visionstack.data.loader import build_dataset, build_loader
+    from visionstack.engine.export import export_model
+    from visionstack.engine.inference import load_checkpoint_model, predict_paths
     from visionstack.engine.optim_wrapper import OptimWrapper
+    from visionstack.engine.trainer import Trainer
     from visionstack.errors import CheckpointError, ConfigError, DataError, UnknownNameError
     from visionstack.models.builder import build_model, build_part
     from visionstack.models.classifier import ImageClassifier
