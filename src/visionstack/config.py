@@ -51,7 +51,7 @@ RUN_SECTIONS: dict[str, set[str] | None] = {
     "data": {
         "root", "train", "val", "test", "image_size", "resize_size", "transforms", "train_transforms",
         "val_transforms", "batch_size", "val_batch_size", "num_workers", "mean", "std", "interpolation",
-        "decode", "pin_memory", "persistent_workers", "drop_last", "preset",
+        "decode", "pin_memory", "persistent_workers", "drop_last", "preset", "sampler",
     },
     "train": {
         "epochs", "steps", "optimizer", "scheduler", "amp", "ema", "seed", "deterministic", "checkpoint",

@@ -87,3 +87,41 @@ def test_visionstack_train_pmg_config_on_fake_cub(tmp_path: Path) -> None:
     for key in ("train/loss_step1", "train/loss_step4", "val/top1", "val/concat/top1"):
         assert all(math.isfinite(float(r[key])) for r in rows), key
     assert all(0.0 <= float(r["val/concat/top1"]) <= 1.0 for r in rows)
+
+
+@pytest.mark.slow
+def test_visionstack_train_pmg_v2_config_with_class_balanced_sampler(tmp_path: Path) -> None:
+    from visionstack.cli.main import main
+
+    base = make_fake_cub(tmp_path)  # 4 classes x 6 training images
+    work_dir = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            str(CONFIGS / "cub200_pmg_v2.yaml"),
+            "--no-progress",
+            "--set",
+            f"data.root={base}",
+            "data.image_size=32",
+            "data.resize_size=36",
+            "data.batch_size=4",  # the config's sampler: 2 classes x 2 images
+            "data.num_workers=0",
+            "train.epochs=2",
+            "train.scheduler.milestones=[1]",
+            "model.backbone={type: test_tiny_bc, out_indices: [-3, -2, -1]}",
+            "model.neck.mid_channels=8",
+            "model.head.mid_channels=16",
+            f"work_dir={work_dir}",
+        ]
+    )
+    assert code == 0
+    with open(work_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    # the adaptive weight makes a batch's consistency term alpha_s x its cross entropy when the batch holds
+    # same-class pairs and 0 otherwise: epoch means in that exact ratio mean every batch had pairs
+    for step, alpha in ((1, 0.01), (2, 0.05), (3, 0.1)):
+        for r in rows:
+            ce, cc = float(r[f"train/loss_ce{step}"]), float(r[f"train/loss_cc{step}"])
+            assert ce > 0 and cc == pytest.approx(alpha * ce, rel=1e-3), (step, r)
+    assert all(0.0 <= float(r["val/top1"]) <= 1.0 for r in rows)

@@ -52,6 +52,24 @@ def test_consistency_loss_is_zero_for_identical_maps() -> None:
     assert category_consistency_loss(block_descriptor(other, 2), labels).item() > 0.0
 
 
+def test_consistency_loss_on_pk_batches_equals_the_official_pairing() -> None:
+    # With two images per class (the class_balanced sampler, K = 2) the pairs are exactly the official
+    # code's (image, positive) pairs, and the loss is its MSELoss(f[:B], f[B:]) on the descriptors.
+    torch.manual_seed(0)
+    maps = torch.randn(8, 5, 8, 8)
+    labels = torch.tensor([3, 1, 0, 2, 1, 3, 2, 0])  # classes 3, 1, 0, 2 twice each
+    anchor, positive = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 4, 7, 6])
+    d = block_descriptor(maps, 4)
+    official = torch.nn.functional.mse_loss(d[anchor], d[positive])
+    assert category_consistency_loss(d, labels).item() == pytest.approx(official.item(), rel=1e-6)
+    assert official.item() > 0
+    # three of a class: the mean over its three pairs
+    labels3 = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3])
+    pairs = [(0, 1), (0, 2), (1, 2), (3, 4), (5, 6)]
+    by_hand = torch.stack([(d[i] - d[j]).pow(2).mean() for i, j in pairs]).mean()
+    assert category_consistency_loss(d, labels3).item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
 def _pmg_v2(**kwargs) -> torch.nn.Module:
     cfg = {
         "type": "pmg_v2",

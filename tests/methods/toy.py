@@ -6,8 +6,12 @@ position on a noisy grey background. Everything else (position, noise) is shared
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 import torch
 
+from visionstack.data.samplers import ClassBalancedSampler
 from visionstack.engine.optim_wrapper import OptimWrapper
 
 COLOURS = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0], [1.0, 1.0, -1.0]])
@@ -64,17 +68,19 @@ def train(
     lr: float = 0.01,
     seed: int = 0,
     paired: bool = False,
+    images_per_class: int = 2,
 ) -> list[dict[str, torch.Tensor]]:
-    """``steps`` calls of ``model.train_step`` on random batches of ``data`` with Adam (whole same-class
-    pairs when ``paired``)."""
+    """``steps`` calls of ``model.train_step`` on random batches of ``data`` with Adam (with ``paired``:
+    batches of the class-balanced sampler, ``images_per_class`` images of each of their classes)."""
     torch.manual_seed(seed)
     optim = OptimWrapper(torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr))
     model.train()
     n = len(data["label"])
+    batches = class_balanced_batches(data, batch_size, images_per_class, seed) if paired else None
     logs = []
     for _ in range(steps):
-        if paired:
-            batch = paired_batches(data, batch_size)
+        if batches is not None:
+            batch = next(batches)
         else:
             idx = torch.randperm(n)[:batch_size]
             batch = {k: v[idx] for k, v in data.items()}
@@ -82,12 +88,18 @@ def train(
     return logs
 
 
-def paired_batches(data: dict[str, torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
-    """A random batch made of whole same-class pairs (``data`` built with ``pairs=True``)."""
-    pairs = len(data["label"]) // 2
-    chosen = torch.randperm(pairs)[: batch_size // 2]
-    idx = torch.stack([2 * chosen, 2 * chosen + 1], dim=1).reshape(-1)
-    return {k: v[idx] for k, v in data.items()}
+def class_balanced_batches(
+    data: dict[str, torch.Tensor], batch_size: int, images_per_class: int = 2, seed: int = 0
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches drawn by ``data.sampler: {type: class_balanced}``, epoch after epoch."""
+    labels = data["label"].tolist()
+    sampler = ClassBalancedSampler(
+        range(len(labels)), batch_size, images_per_class, seed=seed, seed_per_sample=False, labels=labels
+    )
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        for idx in torch.tensor(list(sampler)).split(batch_size):
+            yield {k: v[idx] for k, v in data.items()}
 
 
 @torch.no_grad()

@@ -75,6 +75,37 @@ def test_classifier_2fc_is_bn_linear_bn_relu_linear(rng: torch.Generator) -> Non
     assert TwoLayerHead(6, 3).fc.in_features == 512  # PMG / FGVCLib hid_dim
 
 
+@pytest.mark.parametrize(("activation", "fn"), [("elu", F.elu), ("gelu", F.gelu), ("relu", torch.relu)])
+def test_classifier_2fc_activation_option(activation: str, fn, rng: torch.Generator) -> None:
+    head = TwoLayerHead(6, 3, mid_channels=5, activation=activation)
+    head.train()
+    head(torch.randn(8, 6, generator=rng) * 3 + 1)
+    head.eval()
+    x = torch.randn(4, 6, generator=rng)
+    bn1, fc1, bn2 = head.features[0], head.features[1], head.features[2]
+    pre = _bn_eval(bn2, fc1(_bn_eval(bn1, x)))
+    assert (pre < 0).any()  # the activations differ only on negative inputs
+    torch.testing.assert_close(head.pre_logits(x), fn(pre))
+    torch.testing.assert_close(head(x), head.fc(fn(pre)))
+    assert isinstance(TwoLayerHead(6, 3).features[3], nn.ReLU)  # the default is unchanged (FGVCLib)
+    for name, cls in ACTIVATIONS.items():
+        assert isinstance(TwoLayerHead(6, 3, activation=name).features[3], cls)
+
+
+def test_classifier_2fc_activation_is_validated_with_the_options() -> None:
+    cfg = {"backbone": "test_tiny", "num_classes": 3, "head": {"type": "classifier_2fc", "activation": "elu"}}
+    assert isinstance(build_model(cfg).head.features[3], nn.ELU)
+    cfg["head"]["activation"] = "Leaky-ReLU"  # names match case- and separator-insensitively
+    assert isinstance(build_model(cfg).head.features[3], nn.LeakyReLU)
+    cfg["head"]["activation"] = "selu_"
+    options = "relu, gelu, silu, elu, leaky_relu, hardswish, mish, tanh, sigmoid"
+    with pytest.raises(ConfigError, match=f"unknown activation 'selu_'; choose one of {options}$") as info:
+        build_model(cfg)
+    assert info.value.path == "model.head.activation"
+    with pytest.raises(ValueError, match="unknown activation 'swishy'; choose one of relu, gelu, silu, elu"):
+        TwoLayerHead(6, 3, activation="swishy")
+
+
 def test_stacked_linear_blocks(rng: torch.Generator) -> None:
     head = StackedLinearHead(6, 3, mid_channels=[5, 4], activation="gelu", norm="ln", dropout=0.1).eval()
     x = torch.randn(2, 6, generator=rng)
@@ -97,7 +128,7 @@ def test_stacked_linear_config_validation_names_the_path() -> None:
         "num_classes": 3,
         "head": {"type": "stacked_linear", "mid_channels": [8], "activation": "swishy"},
     }
-    with pytest.raises(ConfigError, match="expected Literal") as info:
+    with pytest.raises(ConfigError, match="unknown activation 'swishy'; choose one of relu, gelu") as info:
         build_model(cfg)
     assert info.value.path == "model.head.activation"
     cfg["head"] = {"type": "stacked_linear"}

@@ -211,26 +211,36 @@ def build_loader(
     rank: int | None = None,
     prefetch_factor: int | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    sampler: Any = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` with a :class:`ResumableSampler`, the batch-dict collate and seeding.
 
     ``distributed`` shards across ``num_replicas`` ranks (default: the initialized process group);
-    ``pad=False`` gives uneven shards without duplicated samples (evaluation).
+    ``pad=False`` gives uneven shards without duplicated samples (evaluation). ``sampler`` is a
+    ``data.sampler`` config (e.g. ``{type: class_balanced, images_per_class: 2}``, see
+    :mod:`visionstack.data.samplers`); it replaces the default shuffle, so ``shuffle`` and ``pad`` do not apply.
     """
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError("data.batch_size", f"expected a positive integer, got {batch_size!r}")
     if seed_per_sample and not isinstance(dataset, (ImageDataset, IndexedDataset)):
         dataset = IndexedDataset(dataset)
-    sampler = ResumableSampler(
-        dataset,
-        shuffle=shuffle,
-        seed=seed,
-        distributed=distributed,
-        num_replicas=num_replicas,
-        rank=rank,
-        pad=pad,
-        seed_per_sample=seed_per_sample,
-    )
+    if sampler is not None:
+        from visionstack.data.samplers import build_sampler  # samplers.py builds on ResumableSampler
+
+        chosen = build_sampler(
+            sampler, dataset, batch_size, seed, distributed, num_replicas, rank, seed_per_sample
+        )
+    else:
+        chosen = ResumableSampler(
+            dataset,
+            shuffle=shuffle,
+            seed=seed,
+            distributed=distributed,
+            num_replicas=num_replicas,
+            rank=rank,
+            pad=pad,
+            seed_per_sample=seed_per_sample,
+        )
     extra: dict[str, Any] = {}
     if num_workers > 0:
         extra["persistent_workers"] = persistent_workers
@@ -239,7 +249,7 @@ def build_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=chosen,
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=pin_memory,
@@ -340,8 +350,9 @@ def loader_from_data_cfg(
 ) -> tuple[ImageDataset, DataLoader]:
     """``(dataset, loader)`` for ``split`` with the data section's batch size, workers and flags.
 
-    Train: shuffled, ``drop_last`` from config, padded shards. Val/test: in order, ``val_batch_size`` (default
-    ``batch_size``), no dropping, unpadded shards (each sample seen once across ranks).
+    Train: shuffled (or drawn by ``data.sampler``), ``drop_last`` from config, padded shards. Val/test: in
+    order, ``val_batch_size`` (default ``batch_size``), no dropping, unpadded shards (each sample seen once
+    across ranks).
     """
     dataset = build_dataset(data_cfg, split, transform=transform, pretrained_cfg=pretrained_cfg)
     train = split == "train"
@@ -362,5 +373,6 @@ def loader_from_data_cfg(
         drop_last=bool(data_cfg.get("drop_last", False)) and train,
         pin_memory=bool(data_cfg.get("pin_memory", False)),
         persistent_workers=bool(data_cfg.get("persistent_workers", False)),
+        sampler=data_cfg.get("sampler") if train else None,
     )
     return dataset, loader

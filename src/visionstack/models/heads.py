@@ -14,10 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionstack.errors import ConfigError
+from visionstack.models.builder import current_path
 from visionstack.models.parts import Head
-from visionstack.registry import HEADS
+from visionstack.registry import HEADS, normalize
 
-Activation = Literal["relu", "gelu", "silu", "elu", "leaky_relu", "hardswish", "mish", "tanh", "sigmoid"]
+#: An activation name, one of :data:`ACTIVATIONS` (matched case- and separator-insensitively, e.g. ``ELU``).
+#: Typed ``str`` so that a wrong name reaches :func:`make_activation`, whose error lists the options.
+Activation = str
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -39,10 +43,16 @@ def _dropout(p: float) -> nn.Module:
 
 
 def make_activation(name: str) -> nn.Module:
-    """A fresh activation module from the closed set :data:`ACTIVATIONS`."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    """A fresh activation module from the closed set :data:`ACTIVATIONS`.
+
+    An unknown name raises :class:`ConfigError` at the part's ``activation`` key, listing the options.
+    """
+    key = {normalize(n): n for n in ACTIVATIONS}.get(normalize(name)) if isinstance(name, str) else None
+    if key is None:
+        raise ConfigError(
+            current_path("activation"), f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}"
+        )
+    return ACTIVATIONS[key]()
 
 
 @HEADS.register("linear", aliases=("LinearClsHead", "classifier_1fc", "Classifier_1FC", "fc"))
@@ -71,12 +81,16 @@ class DropLinearHead(LinearHead):
 
 @HEADS.register("classifier_2fc", aliases=("Classifier_2FC",))
 class TwoLayerHead(Head):
-    """FGVCLib / PMG ``classifier_2fc``: ``BN1d(C) -> Linear(C, mid) -> BN1d(mid) -> ReLU -> Linear(mid, K)``.
+    """FGVCLib / PMG ``classifier_2fc``: ``BN1d(C) -> Linear(C, mid) -> BN1d(mid) -> act -> Linear(mid, K)``.
 
-    ``mid_channels`` is FGVCLib's ``hid_dim`` (PMG: 512).
+    ``mid_channels`` is FGVCLib's ``hid_dim`` (PMG: 512). ``activation`` is one of :data:`ACTIVATIONS`:
+    ``relu`` (the default, as FGVCLib and the official PMG-V2 code) or ``elu`` (the official PMG and
+    MC-Loss code).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, mid_channels: int = 512) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, mid_channels: int = 512, activation: Activation = "relu"
+    ) -> None:
         super().__init__(in_channels, num_classes)
         if mid_channels < 1:
             raise ValueError(f"mid_channels must be positive, got {mid_channels}")
@@ -84,7 +98,7 @@ class TwoLayerHead(Head):
             nn.BatchNorm1d(self.in_channels),
             nn.Linear(self.in_channels, mid_channels),
             nn.BatchNorm1d(mid_channels),
-            nn.ReLU(inplace=True),
+            make_activation(activation),
         )
         self.fc = nn.Linear(mid_channels, num_classes)
 

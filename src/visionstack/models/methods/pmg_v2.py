@@ -16,8 +16,9 @@ and ``w = CE / L_cc`` (detached) so the constraint is a fixed fraction of the cl
 the official code does (``adaptive_weight: false`` uses ``w = 1``). There is no concatenated classifier;
 the prediction is the sum of the level classifiers.
 
-Training batches need same-class pairs: use a loader that draws at least two images per class (the
-official code appends one positive per image).
+Training batches need same-class pairs: ``data.sampler: {type: class_balanced, images_per_class: 2}``
+draws ``batch_size / 2`` classes x 2 images (the official code appends one positive per image; on such
+batches the mean over same-class pairs equals its ``MSELoss(f[:B], f[B:])``).
 """
 
 from __future__ import annotations
