@@ -53,8 +53,8 @@ def test_in_channels_are_wired_and_explicit_value_is_checked() -> None:
         ({"hidden": "3"}, "model.head.hidden", "expected int, got str"),
         ({"hidden": True}, "model.head.hidden", "expected int, got bool"),
         ({"dropout": "high"}, "model.head.dropout", "expected float"),
-        ({"act": "tanh"}, "model.head.act", "expected Literal"),
-        ({"widths": [1, "a"]}, "model.head.widths", "expected"),
+        ({"act": "tanh"}, "model.head.act", "expected one of 'relu', 'gelu', got str"),
+        ({"widths": [1, "a"]}, "model.head.widths", r"expected list\[int\] \| None"),
         ({"bias": 1}, "model.head.bias", "expected bool"),
     ],
 )
