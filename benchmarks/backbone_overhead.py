@@ -10,30 +10,32 @@ taking the median of ``--repeats`` runs:
   ``timm.create_model(<name>)`` and ``timm.create_model(<name>, features_only=True)``
 
 Before timing, the visionstack model's outputs are checked against the reference (max abs difference).
-A ratio of 1.00 means no overhead; the goal is <= 1.02.
+A ratio of 1.00 means no overhead; the goal is <= 1.02. Each comparison also times the reference against
+itself in the same interleaving ("itself", printed beside each ratio): how far from 1.00 noise alone goes,
+to judge the goal against (``--no-control`` skips it; ``--repeats`` and ``--batch`` trade time for noise).
 
 The script re-executes itself with ``MALLOC_MMAP_THRESHOLD_=16777216 MALLOC_TRIM_THRESHOLD_=1073741824``
 unless they are set: glibc then keeps large activation buffers instead of returning them to the OS after
 every forward, which otherwise adds page-fault noise (of several percent on CPU) to both sides.
 
     python benchmarks/backbone_overhead.py --batch 8                     # CPU
+    python benchmarks/backbone_overhead.py --models resnet50 --batch 32 --repeats 41 --no-timm
     python benchmarks/backbone_overhead.py --device cuda --amp bf16 --channels-last --compile
+
+Timing helpers: ``benchmarks/_timing.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import copy
 import platform
-import statistics
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+from _timing import ensure_malloc_env, time_against, write_json
+
 MODELS = ("resnet50", "convnext_tiny", "efficientnet_b0", "vit_b_16")
 TIMM_NAMES = {
     "resnet50": "resnet50",
@@ -46,7 +48,7 @@ TIMM_NAMES = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8, help="images per forward")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=15, help="timed runs per side (median is reported)")
     p.add_argument("--warmup", type=int, default=3)
@@ -59,37 +61,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile both sides")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-timm", action="store_true", help="skip the timm comparisons")
-    p.add_argument("--control", action="store_true", help="also time each reference against itself (noise)")
+    p.add_argument(
+        "--no-control",
+        action="store_true",
+        help="skip timing each reference against itself (the noise floor)",
+    )
     p.add_argument("--json", default="benchmarks/results/backbone_overhead.json")
     return p.parse_args(argv)
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_pair(ours: Callable, ref: Callable, args: argparse.Namespace) -> dict[str, float]:
-    """Median seconds of ``ours`` and ``ref``, run alternately (the order flips every repeat)."""
+def time_models(ours, ref, x, args: argparse.Namespace) -> dict[str, float]:
+    """Median ms of the forward of ``ours`` and ``ref`` on ``x``, interleaved, and ``itself``: a copy of
+    ``ref`` against ``ref`` (unless ``--no-control``)."""
     inner = args.inner or (10 if args.device.startswith("cuda") else 1)
-    for _ in range(args.warmup):
-        ours()
-        ref()
-    _sync(args.device)
-    times: dict[str, list[float]] = {"ours": [], "ref": []}
-    for i in range(args.repeats):
-        order = (("ours", ours), ("ref", ref)) if i % 2 == 0 else (("ref", ref), ("ours", ours))
-        for key, fn in order:
-            _sync(args.device)
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            _sync(args.device)
-            times[key].append((time.perf_counter() - start) / inner)
-    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["ref"])
-    return {"ours_ms": 1e3 * ours_s, "ref_ms": 1e3 * ref_s, "ratio": ours_s / ref_s}
+    control = None if args.no_control else _runner(_prepare(copy.deepcopy(ref), args), x, args)
+    run_ours, run_ref = _runner(_prepare(ours, args), x, args), _runner(_prepare(ref, args), x, args)
+    return time_against(run_ours, run_ref, args.repeats, args.warmup, inner, args.device, control=control)
 
 
 def _prepare(model, args):
@@ -146,19 +133,8 @@ def bench_torchvision(name: str, x, args, tmp: Path) -> list[dict]:
     rows = []
     xa = x.to(memory_format=torch.channels_last) if args.channels_last else x
     for kind, a, b, d in (("forward", ours, ref, diff), ("features_only", feats, ref_feats, fdiff)):
-        result = time_pair(_runner(_prepare(a, args), xa, args), _runner(_prepare(b, args), xa, args), args)
+        result = time_models(a, b, xa, args)
         rows.append({"model": name, "against": "torchvision", "kind": kind, "max_abs_diff": d, **result})
-    if args.control:  # the same model on both sides: how far from 1.00 timing noise alone goes
-        run = _runner(_prepare(ref, args), xa, args)
-        rows.append(
-            {
-                "model": name,
-                "against": "itself",
-                "kind": "forward",
-                "max_abs_diff": 0.0,
-                **time_pair(run, run, args),
-            }
-        )
     return rows
 
 
@@ -183,7 +159,7 @@ def bench_timm(name: str, x, args, tmp: Path) -> list[dict]:
     rows = []
     for kind, a, b, d in (("forward", ours, ref, diff), ("features_only", feats, ref_feats, float("nan"))):
         xa = x.to(memory_format=torch.channels_last) if args.channels_last else x
-        result = time_pair(_runner(_prepare(a, args), xa, args), _runner(_prepare(b, args), xa, args), args)
+        result = time_models(a, b, xa, args)
         rows.append(
             {"model": f"timm/{timm_name}", "against": "timm", "kind": kind, "max_abs_diff": d, **result}
         )
@@ -200,8 +176,7 @@ def _timm_available() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if any(k not in os.environ for k in MALLOC_ENV):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    ensure_malloc_env()
     args = parse_args(argv)
     import torch
 
@@ -218,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench_timm(name, x, args, Path(tmp))
             _print_rows([r for r in rows if r["model"] in (name, f"timm/{TIMM_NAMES.get(name)}")])
     print("\n" + table(rows, args))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
     env = {
         "torch": torch.__version__,
         "device": args.device,
@@ -234,16 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
     }
-    out.write_text(json.dumps({"env": env, "results": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = write_json(args.json, {"env": env, "results": rows})
+    if out is not None:
+        print(f"wrote {out}")
     return 0
 
 
 def _print_rows(rows: list[dict]) -> None:
     for r in rows:
+        itself = f"  itself {r['itself']:.3f}" if "itself" in r else ""
         print(
             f"  {r['model']:26s} {r['kind']:14s} ours {r['ours_ms']:8.2f} ms  ref {r['ref_ms']:8.2f} ms  "
-            f"ratio {r['ratio']:.3f}  max|diff| {r['max_abs_diff']:.1e}",
+            f"ratio {r['ratio']:.3f}{itself}  max|diff| {r['max_abs_diff']:.1e}",
             flush=True,
         )
 
@@ -260,15 +235,19 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         if on
     ]
     lines = [
-        f"visionstack / reference time ratio ({', '.join(flags)})",
-        f"{'model':28s} {'against':12s} {'forward':>9s} {'features':>9s}",
+        f"visionstack / reference time ratio ({', '.join(flags)}); itself: the reference against itself",
+        f"{'model':28s} {'against':12s} {'forward':>9s} {'itself':>8s} {'features':>9s} {'itself':>8s}",
     ]
-    by_model: dict[tuple[str, str], dict[str, float]] = {}
+    by_model: dict[tuple[str, str], dict[str, dict]] = {}
     for r in rows:
-        by_model.setdefault((r["model"], r["against"]), {})[r["kind"]] = r["ratio"]
-    for (model, against), ratios in by_model.items():
-        fwd, feat = ratios.get("forward", float("nan")), ratios.get("features_only", float("nan"))
-        lines.append(f"{model:28s} {against:12s} {fwd:9.3f} {feat:9.3f}")
+        by_model.setdefault((r["model"], r["against"]), {})[r["kind"]] = r
+    nan = float("nan")
+    for (model, against), kinds in by_model.items():
+        cells = []
+        for kind in ("forward", "features_only"):
+            r = kinds.get(kind, {})
+            cells.append(f"{r.get('ratio', nan):9.3f} {r.get('itself', nan):8.3f}")
+        lines.append(f"{model:28s} {against:12s} {' '.join(cells)}")
     return "\n".join(lines)
 
 

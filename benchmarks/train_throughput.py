@@ -3,34 +3,37 @@
 1. Training step: ``Trainer.step(batch)`` (the Trainer's per-batch path: ``model.train_step`` through the
    OptimWrapper -- autocast, backward, non-finite check, step -- then the scheduler and the on-device loss
    sums) against a hand-written loop on the torchvision model with the same architecture and weights, the
-   same batch (already on the device) and the same optimizer (SGD, momentum 0.9, weight decay 1e-4).
+   same batch (already on the device) and the same optimizer (SGD, momentum 0.9, weight decay 1e-4 on every
+   parameter: the run config sets ``no_decay: false``).
    Both sides alternate in blocks of ``--inner`` steps; the ratio of the median seconds per step is reported
-   (goal: <= 1.03). Before timing, one step of each from the same weights is checked to give the same loss.
+   (goal: <= 1.03), next to "itself": the hand-written loop on a second copy of the model timed against the
+   first in the same interleaving (the noise floor). Before timing, one step of each from the same weights is checked to give the same loss.
+   With ``--profile``, a few steps of each side also run under ``torch.profiler`` and the operators per step
+   are counted (all recorded operators, and top-level ``aten::`` calls), with the per-name differences.
 2. Data pipeline: images/s of visionstack's train loader (decode policy, per-sample seeded augmentation,
    resumable sampler) against ``torchvision.datasets.ImageFolder`` + ``DataLoader`` on the same files with
    the same transform pipeline, batch size and workers (median of ``--data-repeats`` epochs each, alternating).
 
 The script re-executes itself with ``MALLOC_MMAP_THRESHOLD_=16777216 MALLOC_TRIM_THRESHOLD_=1073741824``
 unless they are set (glibc then keeps large buffers instead of returning them to the OS every step).
+Timing helpers: ``benchmarks/_timing.py``.
 
     python benchmarks/train_throughput.py                                   # CPU, resnet18, batch 16 at 128 px
     python benchmarks/train_throughput.py --device cuda --amp bf16 --channels-last --model resnet50 --batch 64
+    python benchmarks/train_throughput.py --profile --skip-data --batch 2 --size 32    # operator counts
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
-import os
 import platform
-import statistics
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+from _timing import ensure_malloc_env, time_against, time_interleaved, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,35 +54,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="loader workers of both data pipelines")
     p.add_argument("--data-repeats", type=int, default=3)
     p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--skip-step", action="store_true")
+    p.add_argument("--profile", action="store_true", help="count operators per step of both sides")
+    p.add_argument("--profile-steps", type=int, default=4)
     p.add_argument("--json", default="benchmarks/results/train_throughput.json")
     return p.parse_args(argv)
 
 
-def sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_pair(ours: Callable, ref: Callable, args: argparse.Namespace) -> dict[str, float]:
-    """Median seconds per call of ``ours`` and ``ref``, alternating blocks (the order flips every repeat)."""
+def time_steps(
+    ours: Callable, ref: Callable, control: Callable, args: argparse.Namespace
+) -> dict[str, float]:
+    """Median ms per step of ``ours`` and ``ref``, and ``itself`` (control / ref), interleaved."""
     inner = args.inner or (10 if args.device.startswith("cuda") else 2)
-    for _ in range(args.warmup):
-        for fn in (ours, ref):
-            for _ in range(inner):
-                fn()
-    times: dict[str, list[float]] = {"ours": [], "ref": []}
-    for i in range(args.repeats):
-        for key, fn in (("ours", ours), ("ref", ref)) if i % 2 == 0 else (("ref", ref), ("ours", ours)):
-            sync(args.device)
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            sync(args.device)
-            times[key].append((time.perf_counter() - start) / inner)
-    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["ref"])
-    return {"ours_ms": 1e3 * ours_s, "ref_ms": 1e3 * ref_s, "ratio": ours_s / ref_s}
+    return time_against(ours, ref, args.repeats, args.warmup, inner, args.device, control=control)
 
 
 def write_images(root: Path, count: int, classes: int, size: int) -> Path:
@@ -109,7 +96,13 @@ def run_config(root: Path, args: argparse.Namespace) -> dict:
         },
         "train": {
             "epochs": 1,
-            "optimizer": {"type": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+            "optimizer": {
+                "type": "sgd",
+                "lr": 0.01,
+                "momentum": 0.9,
+                "weight_decay": 1e-4,
+                "no_decay": False,
+            },
             "scheduler": {"type": "cosine", "interval": "step"},
             "amp": args.amp,
             "channels_last": args.channels_last,
@@ -119,10 +112,34 @@ def run_config(root: Path, args: argparse.Namespace) -> dict:
     }
 
 
-def build_steps(root: Path, args: argparse.Namespace, work: Path) -> tuple[Callable, Callable]:
-    """``(visionstack step, reference step)`` on the same batch, from the same weights."""
+def plain_step(model, images, labels, args: argparse.Namespace) -> Callable:
+    """The hand-written training step of ``model`` (its own SGD and, for fp16, GradScaler)."""
     import torch
     import torch.nn.functional as F
+
+    device_type = args.device.split(":")[0]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype is torch.float16)
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def build_steps(root: Path, args: argparse.Namespace, work: Path) -> tuple[Callable, Callable, Callable]:
+    """``(visionstack step, reference step, control)`` on the same batch, from the same weights; the control
+    is the reference step on a second copy of the torchvision model (the noise floor)."""
+    import copy
+
+    import torch
     import torchvision
 
     from visionstack.engine.metrics import RunningSums
@@ -144,36 +161,66 @@ def build_steps(root: Path, args: argparse.Namespace, work: Path) -> tuple[Calla
     ref = ref.to(args.device).train()
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
     ref = ref.to(memory_format=memory)
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    ref_copy = copy.deepcopy(ref)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(args.device)
     images = images.contiguous(memory_format=memory)
     labels = torch.randint(0, args.classes, (args.batch,), generator=g).to(args.device)
     batch = {"image": images, "label": labels, "index": torch.arange(args.batch)}
-    scaler = torch.amp.GradScaler(args.device.split(":")[0], enabled=dtype is torch.float16)
     if args.compile:
         for child in model.children():
             child.compile()
         ref.compile()
-
-    def ref_step() -> torch.Tensor:
-        with torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(ref(images), labels)
-        scaler.scale(loss).backward()
-        scaler.step(ref_opt)
-        scaler.update()
-        ref_opt.zero_grad(set_to_none=True)
-        return loss
-
+        ref_copy.compile()
     sums = RunningSums()
-    return (lambda: trainer.step(batch, sums)["loss"]), ref_step
+    return (
+        lambda: trainer.step(batch, sums)["loss"],
+        plain_step(ref, images, labels, args),
+        plain_step(ref_copy, images, labels, args),
+    )
 
 
 def bench_step(root: Path, args: argparse.Namespace, work: Path) -> dict:
-    ours, ref = build_steps(root, args, work)
+    ours, ref, control = build_steps(root, args, work)
     first_ours, first_ref = float(ours()), float(ref().detach())
-    return {"first_loss_ours": first_ours, "first_loss_ref": first_ref, **time_pair(ours, ref, args)}
+    control()
+    out = {"first_loss_ours": first_ours, "first_loss_ref": first_ref}
+    if args.profile:
+        out["ops_per_step"] = count_ops(ours, ref, args)
+    return {**out, **time_steps(ours, ref, control, args)}
+
+
+def count_ops(ours: Callable, ref: Callable, args: argparse.Namespace) -> dict:
+    """Operators per step of each side under ``torch.profiler`` (CPU activity): every recorded operator
+    (nested ones included), top-level ``aten::`` calls, and the per-name differences (ours - ref)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = args.profile_steps
+    counts: dict[str, collections.Counter] = {}
+    out: dict = {}
+    for name, fn in (("ours", ours), ("ref", ref)):
+        for _ in range(2):
+            fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                fn()
+        events = list(prof.events())
+        counts[name] = collections.Counter(e.name for e in events)
+        top = [e for e in events if e.name.startswith("aten::") and not _under_aten(e)]
+        out[name] = {"all": len(events) / steps, "top_level_aten": len(top) / steps}
+    names = set(counts["ours"]) | set(counts["ref"])
+    diff = {n: (counts["ours"][n] - counts["ref"][n]) / steps for n in names}
+    out["difference"] = dict(sorted(((n, d) for n, d in diff.items() if d), key=lambda nd: -abs(nd[1])))
+    return out
+
+
+def _under_aten(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def bench_data(root: Path, args: argparse.Namespace) -> dict:
@@ -193,27 +240,28 @@ def bench_data(root: Path, args: argparse.Namespace) -> dict:
         num_workers=args.workers,
     )
 
-    def epoch(loader) -> Callable[[], float]:
-        def run() -> float:
-            start, count = time.perf_counter(), 0
+    def epoch(loader) -> Callable[[], int]:
+        def run() -> int:
+            count = 0
             for batch in loader:
                 count += len(batch["image"] if isinstance(batch, dict) else batch[0])
-            return count / (time.perf_counter() - start)
+            if count != args.images:
+                raise SystemExit(f"a data-pipeline epoch gave {count} images, expected {args.images}")
+            return count
 
         return run
 
-    rates: dict[str, list[float]] = {"ours": [], "ref": []}
-    epoch(ours)(), epoch(ref)()  # warm the page cache and the workers' imports
-    for i in range(args.data_repeats):
-        for key, loader in (("ours", ours), ("ref", ref)) if i % 2 == 0 else (("ref", ref), ("ours", ours)):
-            rates[key].append(epoch(loader)())
-    ours_ips, ref_ips = statistics.median(rates["ours"]), statistics.median(rates["ref"])
+    seconds = time_interleaved(
+        {"ours": epoch(ours), "ref": epoch(ref)},
+        args.data_repeats,
+        warmup=1,  # warmup: page cache, workers
+    )
+    ours_ips, ref_ips = args.images / seconds["ours"], args.images / seconds["ref"]
     return {"ours_images_per_s": ours_ips, "ref_images_per_s": ref_ips, "ratio": ref_ips / ours_ips}
 
 
 def main(argv: list[str] | None = None) -> int:
-    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    ensure_malloc_env()
     args = parse_args(argv)
     import torch
 
@@ -232,12 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = write_images(Path(tmp) / "images", args.images, args.classes, args.size)
-        out["train_step"] = bench_step(root, args, Path(tmp))
-        print(
-            f"train step  {args.model} batch {args.batch} @ {args.size}px on {args.device}: "
-            f"visionstack {out['train_step']['ours_ms']:.2f} ms, torchvision loop {out['train_step']['ref_ms']:.2f} "
-            f"ms, ratio {out['train_step']['ratio']:.3f} (goal <= 1.03)"
-        )
+        if not args.skip_step:
+            out["train_step"] = bench_step(root, args, Path(tmp))
+            step = out["train_step"]
+            print(
+                f"train step  {args.model} batch {args.batch} @ {args.size}px on {args.device}: "
+                f"visionstack {step['ours_ms']:.2f} ms, torchvision loop {step['ref_ms']:.2f} ms, "
+                f"ratio {step['ratio']:.3f} (goal <= 1.03; loop vs itself {step['itself']:.3f})"
+            )
+            if "ops_per_step" in step:
+                ops = step["ops_per_step"]
+                print(
+                    f"ops / step  visionstack {ops['ours']['all']:.0f} ({ops['ours']['top_level_aten']:.0f} top-level "
+                    f"aten), loop {ops['ref']['all']:.0f} ({ops['ref']['top_level_aten']:.0f}); differences: "
+                    + ", ".join(f"{n} {d:+g}" for n, d in ops["difference"].items())
+                )
         if not args.skip_data:
             out["data"] = bench_data(root, args)
             print(
@@ -245,11 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{out['data']['ours_images_per_s']:.0f} img/s, ImageFolder+DataLoader "
                 f"{out['data']['ref_images_per_s']:.0f} img/s (time ratio {out['data']['ratio']:.3f})"
             )
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    print(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return 0
 
 

@@ -171,3 +171,33 @@ def test_nonfinite_stop_on_cuda_is_checked_one_update_late() -> None:
     optim.update(nn.functional.mse_loss(model(x), y) * float("inf"))
     with pytest.raises(NonFiniteLossError, match="previous optimizer update"):
         optim.check_pending()
+
+
+def test_nonfinite_gradient_norm_is_caught_with_clipping() -> None:
+    """Finite loss, NaN gradient: with clip_grad the norm (computed anyway) joins the one non-finite flag."""
+    x, y = _linear_problem()
+    for policy in ("stop", "skip"):
+        model = nn.Linear(5, 1)
+        model.weight.register_hook(lambda g: g * float("nan"))
+        before = [p.detach().clone() for p in model.parameters()]
+        optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1), clip_grad=1.0, nonfinite=policy)
+        if policy == "stop":
+            with pytest.raises(NonFiniteLossError, match="gradient norm is not finite"):
+                optim.update(nn.functional.mse_loss(model(x), y))
+        else:
+            assert not optim.update(nn.functional.mse_loss(model(x), y)) and optim.skipped == 1
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_total_loss_of_one_entry_is_that_tensor() -> None:
+    from visionstack.models.parts import total_loss
+
+    ce = torch.tensor(0.75, requires_grad=True) * 2
+    assert total_loss({"loss_ce": ce, "acc": torch.tensor(1.0)}) is ce  # no stack, no sum, no copy
+    half = total_loss({"loss_ce": ce.to(torch.bfloat16)})
+    assert half.dtype == torch.float32 and half.item() == 1.5
+    both = total_loss({"loss_a": ce, "loss_b": torch.tensor(0.25, dtype=torch.float16)})
+    assert both.dtype == torch.float32 and both.item() == 1.75
+    with pytest.raises(ValueError, match="no 'loss\\*' entries"):
+        total_loss({"acc": ce})

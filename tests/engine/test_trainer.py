@@ -155,3 +155,38 @@ def test_num_classes_come_from_the_data_and_must_agree(image_folder, tmp_path) -
     cfg = run_config(image_folder, epochs=1, optimizer={"type": "sgd", "lr": 0.1, "lr_mult": {"neck": 0.1}})
     with pytest.raises(ConfigError, match="lr_mult.neck"):
         Trainer(cfg, work_dir=tmp_path)
+
+
+def _evaluated_steps(trainer: Trainer, work_dir) -> tuple[list[int], list[int]]:
+    trainer.fit()
+    rows = read_csv(work_dir / "metrics.csv")
+    return [int(r["step"]) for r in rows], [int(r["step"]) for r in rows if r.get("val/top1")]
+
+
+def test_eval_interval_counts_steps_in_a_step_run(image_folder, tmp_path) -> None:
+    cfg = run_config(image_folder, steps=10)  # 6 batches per epoch: epochs end at steps 6 and 10
+    cfg["train"].pop("epochs")
+    cfg["eval"]["interval"] = 4
+    trainer = Trainer(cfg, work_dir=tmp_path / "a")
+    rows, evaluated = _evaluated_steps(trainer, tmp_path / "a")
+    assert rows == [4, 6, 8, 10] and evaluated == [4, 8, 10]  # the last step always evaluates
+    assert trainer.checkpointer.best[0][1] in {
+        "epoch_0001_iter_000004",
+        "epoch_0002_iter_000002",
+        "epoch_0002",
+    }
+    cfg["eval"]["interval"] = {"epochs": 1}  # the explicit unit: after every epoch, as in an epoch run
+    assert _evaluated_steps(Trainer(cfg, work_dir=tmp_path / "b"), tmp_path / "b") == ([6, 10], [6, 10])
+
+
+def test_eval_interval_by_steps_in_an_epoch_run(image_folder, tmp_path) -> None:
+    cfg = run_config(image_folder, epochs=2)
+    cfg["eval"]["interval"] = {"steps": 4}
+    rows, evaluated = _evaluated_steps(Trainer(cfg, work_dir=tmp_path / "a"), tmp_path / "a")
+    assert rows == [4, 6, 8, 12] and evaluated == [4, 8, 12]
+    cfg["eval"]["interval"] = 2  # a number counts epochs here
+    assert _evaluated_steps(Trainer(cfg, work_dir=tmp_path / "b"), tmp_path / "b") == ([6, 12], [12])
+    for bad in ({"hours": 1}, {"steps": 0}, 0):
+        cfg["eval"]["interval"] = bad
+        with pytest.raises(ConfigError, match=r"eval\.interval"):
+            Trainer(cfg, work_dir=tmp_path / "c")

@@ -53,6 +53,27 @@ def _register_torchvision() -> None:
 _register_torchvision()
 
 
+def draws_torch_rng_only(transform: Any) -> bool:
+    """Whether ``transform`` draws its randomness from torch's default generator alone.
+
+    True for ``None`` and for transforms of ``torchvision.transforms.v2`` (their random parameters come from
+    ``torch.rand`` / ``torch.randint`` / ``torch.empty().uniform_()``; none uses python's ``random`` or numpy),
+    with containers (``Compose``, ``RandomApply``, ``RandomChoice``, ``RandomOrder``) checked member by member.
+    False for anything else -- ``Lambda`` (user code), user-registered transforms, the older
+    ``torchvision.transforms`` (whose ``RandomOrder`` / ``RandomChoice`` use python's ``random``), timm's.
+    """
+    if transform is None:
+        return True
+    if (
+        not isinstance(transform, v2.Transform)
+        or isinstance(transform, v2.Lambda)
+        or not type(transform).__module__.startswith("torchvision.transforms.v2")
+    ):
+        return False
+    members = getattr(transform, "transforms", None)
+    return members is None or all(draws_torch_rng_only(t) for t in members)
+
+
 def interpolation_mode(value: Any, path: str = "interpolation") -> InterpolationMode:
     """``"bilinear"`` / ``"bicubic"`` / ... or an :class:`InterpolationMode` -> :class:`InterpolationMode`."""
     if isinstance(value, InterpolationMode):

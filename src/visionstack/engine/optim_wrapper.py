@@ -96,6 +96,7 @@ class OptimWrapper:
         self.skipped = 0
         self.ddp: nn.Module | None = None
         self._finite: torch.Tensor | None = None  # the running sum of the window's losses
+        self._clipped = False  # update() clipped the current window's gradients already
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -116,11 +117,16 @@ class OptimWrapper:
     def should_step(self) -> bool:
         return (self.micro_step + 1) % self.grad_accum == 0
 
+    def _clip(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(self.params(), self.clip_grad)
+
     def step(self) -> None:
-        """Unscale, clip, step the optimizer and the scaler, zero gradients."""
-        if self.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.params(), self.clip_grad)
+        """Unscale and clip (unless :meth:`update` already did), step the optimizer and the scaler, zero
+        gradients."""
+        if self.clip_grad is not None and not self._clipped:
+            self._clip()
+        self._clipped = False
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -133,12 +139,14 @@ class OptimWrapper:
     def update(self, loss: torch.Tensor) -> bool:
         """Backward on ``loss``; step when the accumulation window is full. Returns whether it stepped.
 
-        A non-finite loss anywhere in the window (on any rank) stops or skips the step. The check costs a
-        host sync, so where it would stall the device it runs one window late: with ``nonfinite: stop`` on
-        an accelerator, window ``w``'s flag is read when window ``w + 1`` steps (by then it is long
-        computed) and :meth:`check_pending` reads the last one; the bad update has then been applied, but
-        the run stops before anything is saved. On CPU, and with ``skip``, every window is checked before
-        its optimizer step.
+        A non-finite loss anywhere in the window (on any rank) stops or skips the step; with ``clip_grad``
+        (and no fp16 loss scaler, which handles overflowing gradients itself) a non-finite gradient norm
+        does too. Loss and norm are checked together: one flag, ``window loss sum + norm``, read once. The
+        read costs a host sync, so where it would stall the device it runs one window late: with
+        ``nonfinite: stop`` on an accelerator, window ``w``'s flag is read when window ``w + 1`` steps (by
+        then it is long computed) and :meth:`check_pending` reads the last one; the bad update has then
+        been applied, but the run stops before anything is saved. On CPU, and with ``skip``, every window is
+        checked before its optimizer step.
         """
         value = loss.detach().float()
         self._finite = value if self._finite is None else self._finite + value  # NaN / inf survive sums
@@ -152,23 +160,32 @@ class OptimWrapper:
                 self.backward(self.ddp(loss))
         self.stepped = False
         self.micro_step += 1
-        if self.window_done:
-            total = self._window_loss()
-            if self.nonfinite_policy == "skip" or total.device.type == "cpu":
-                if math.isfinite(float(total)):
-                    self.step()
-                    self.stepped = True
-                else:
-                    self._reject(f"the loss is not finite (last value {float(loss.detach()):g})")
-            else:
-                self.check_pending()
-                event = torch.cuda.Event() if total.is_cuda else None
-                self._pending = (total.to("cpu", non_blocking=True), event)
-                if event is not None:
-                    event.record()
-                self.step()
-                self.stepped = True
-        return self.stepped
+        if not self.window_done:
+            return False
+        flag = self._window_loss()
+        if self.clip_grad is not None and not self.scaler.is_enabled():
+            self._clip()  # the norm is computed anyway: fold it into the one flag
+            self._clipped = True
+            flag = flag + self._grad_norm
+        if self.nonfinite_policy == "skip" or flag.device.type == "cpu":
+            if not math.isfinite(float(flag)):
+                self._reject(self._nonfinite_message(loss))
+                return False
+        else:
+            self.check_pending()
+            event = torch.cuda.Event() if flag.is_cuda else None
+            self._pending = (flag.to("cpu", non_blocking=True), event)
+            if event is not None:
+                event.record()
+        self.step()
+        self.stepped = True
+        return True
+
+    def _nonfinite_message(self, loss: torch.Tensor) -> str:
+        last = float(loss.detach())
+        if math.isfinite(last) and self._grad_norm is not None and not math.isfinite(float(self._grad_norm)):
+            return f"the gradient norm is not finite ({float(self._grad_norm):g}; last loss {last:g})"
+        return f"the loss is not finite (last value {last:g})"
 
     def _window_loss(self) -> torch.Tensor:
         """The sum of the window's losses (over every rank under DDP): finite iff each of them is."""
@@ -181,6 +198,7 @@ class OptimWrapper:
         return total
 
     def _reject(self, message: str) -> None:
+        self._clipped = False
         self.zero_grad()
         self.skipped += 1
         if self.nonfinite_policy == "stop":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,35 @@ def positive_int(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(path, f"expected a positive integer, got {value!r}")
     return value
+
+
+def run_length(train_cfg: Mapping[str, Any], epoch_len: int) -> tuple[int, int, str]:
+    """``(total steps, epochs, unit)`` of a run of ``train.epochs`` or ``train.steps`` (unit ``"epoch"`` or
+    ``"step"``), with ``epoch_len`` batches per epoch."""
+    if train_cfg.get("steps") is not None:
+        if train_cfg.get("epochs") is not None:
+            raise ConfigError("train.steps", "give train.epochs or train.steps, not both")
+        steps = positive_int(train_cfg["steps"], "train.steps")
+        return steps, math.ceil(steps / epoch_len), "step"
+    epochs = positive_int(train_cfg.get("epochs", 1), "train.epochs")
+    return epochs * epoch_len, epochs, "epoch"
+
+
+def eval_interval(value: Any, run_unit: str) -> tuple[int, str]:
+    """``eval.interval`` as ``(count, unit)``, unit ``"epoch"`` or ``"step"``.
+
+    A number counts the run's unit: epochs in a ``train.epochs`` run, steps (batches) in a ``train.steps``
+    run. ``{epochs: N}`` or ``{steps: N}`` names the unit explicitly (``{steps: 2000}`` in an epoch run with
+    long epochs; ``{epochs: 1}`` in a step run).
+    """
+    if isinstance(value, Mapping):
+        if len(value) != 1 or next(iter(value)) not in ("epochs", "steps"):
+            raise ConfigError(
+                "eval.interval", f"expected a number, {{epochs: N}} or {{steps: N}}, got {dict(value)!r}"
+            )
+        ((key, count),) = value.items()
+        return positive_int(count, f"eval.interval.{key}"), key[:-1]
+    return positive_int(value, "eval.interval"), run_unit
 
 
 @dataclass

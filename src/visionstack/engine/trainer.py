@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,17 +36,28 @@ from visionstack.engine.optim_wrapper import NonFiniteLossError
 from visionstack.engine.runner import (
     build_data,
     build_mixer,
+    eval_interval,
     library_versions,
     mix_batch,
     model_config_with_classes,
     positive_int,
     resolve_work_dir,
+    run_length,
     set_transforms,
     write_run_files,
 )
 from visionstack.engine.schedulers import build_scheduler
 from visionstack.engine.seeding import capture_rng, restore_rng, seed_everything, set_deterministic
-from visionstack.errors import CheckpointError, ConfigError
+from visionstack.errors import CheckpointError
+
+
+def scalar_values(logs: Mapping[str, Any]) -> dict[str, float]:
+    """The one-element tensors of ``logs`` as floats, read from the device in one transfer."""
+    keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    if not keys:
+        return {}
+    stacked = torch.stack([logs[k].detach().reshape(()).float() for k in keys])
+    return dict(zip(keys, stacked.tolist()))
 
 
 class Trainer:
@@ -105,18 +115,18 @@ class Trainer:
             self.epoch_len = min(
                 self.epoch_len, positive_int(tc["max_steps_per_epoch"], "train.max_steps_per_epoch")
             )
-        self.total_steps, self.epochs, run_unit = self._run_length()
+        self.total_steps, self.epochs, self.run_unit = run_length(tc, self.epoch_len)
         steps_per_epoch = max(1, self.epoch_len // self.optim.grad_accum)
         self.scheduler = build_scheduler(
             self.optim.optimizer,
             tc.get("scheduler"),
             steps_per_epoch,
             self.total_steps / self.epoch_len,
-            run_unit,
+            self.run_unit,
         )
         self.checkpointer = Checkpointer(self.work_dir, tc.get("checkpoint"), enabled=self.is_main)
         self.log_interval = positive_int(tc.get("log_interval", 10), "train.log_interval")
-        self.eval_interval = positive_int(self.eval_cfg.get("interval", 1), "eval.interval")
+        self.eval_every, self.eval_unit = eval_interval(self.eval_cfg.get("interval", 1), self.run_unit)
         self.topk = self.eval_cfg.get("topk", [1, 5])
         self.topk = [self.topk] if isinstance(self.topk, int) else list(self.topk)
         self.evaluator = None
@@ -151,16 +161,6 @@ class Trainer:
             restore_rng(self._rng_to_restore)
 
     # -- setup helpers ---------------------------------------------------------------------------------------
-    def _run_length(self) -> tuple[int, int, str]:
-        tc = self.train_cfg
-        if tc.get("steps") is not None:
-            if tc.get("epochs") is not None:
-                raise ConfigError("train.steps", "give train.epochs or train.steps, not both")
-            steps = positive_int(tc["steps"], "train.steps")
-            return steps, math.ceil(steps / self.epoch_len), "step"
-        epochs = positive_int(tc.get("epochs", 1), "train.epochs")
-        return epochs * self.epoch_len, epochs, "epoch"
-
     def _resume(self, resume: str | Path) -> Path | None:
         if str(resume) == "auto":
             found = None
@@ -239,8 +239,13 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Tensors to the device, except ``index`` (bookkeeping: a host-to-device copy of pageable memory per
+        step would stall the device queue for nothing)."""
+        device = self.device
         out = {
-            k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            k: v.to(device, non_blocking=True)
+            if isinstance(v, torch.Tensor) and k != "index" and v.device != device
+            else v
             for k, v in batch.items()
         }
         if self.channels_last:
@@ -308,13 +313,14 @@ class Trainer:
             progress.advance()
             if self.global_step % self.log_interval == 0 or self.batches_done == end:
                 elapsed = time.perf_counter() - tick
-                values = {
-                    k: float(v) for k, v in logs.items() if isinstance(v, torch.Tensor) and v.numel() == 1
-                }
+                values = scalar_values(logs)
                 values.update(lr=self._lr(), ips=seen * self.world / max(elapsed, 1e-9))
                 self.logger.log_step(self.global_step, self.epoch + 1, values)
                 progress.show(values)
                 tick, seen = time.perf_counter(), 0
+            mid_epoch = self.batches_done < self.epoch_len and self.global_step < self.total_steps
+            if mid_epoch and self._eval_due(epoch_end=False):
+                self._evaluate_mid_epoch()
             every = self.checkpointer.every_n_steps
             if every and self.global_step % every == 0 and self.batches_done < self.epoch_len:
                 self._merge_sums(sums)
@@ -337,6 +343,38 @@ class Trainer:
             results.update({f"val_ema/{k}": v for k, v in self.evaluator.run(self.ema.module).items()})
         return results
 
+    def _eval_due(self, epoch_end: bool) -> bool:
+        """Whether ``eval.interval`` calls for an evaluation now (after a step; ``epoch_end``: and an epoch)."""
+        if self.eval_unit == "step":
+            return self.global_step % self.eval_every == 0
+        return epoch_end and self.epoch % self.eval_every == 0
+
+    def _validate(self) -> dict[str, float]:
+        """Evaluate at the current position; the results enter ``metrics`` and the best-k list (and
+        ``best.safetensors`` when they are the best so far)."""
+        self.check_finite()
+        results = self.evaluate()
+        self.metrics.update(results)
+        name = checkpoint_name(self.epoch if self.batches_done == 0 else self.epoch + 1, self.batches_done)
+        if self.is_main and results and self.checkpointer.consider(name, results):
+            ema = self.checkpointer.uses_ema() and self.ema is not None
+            weights = self.ema.module.state_dict() if ema else self.model.state_dict()
+            self.checkpointer.write_weights(
+                self.checkpointer.best_weights, weights, self._metadata("ema" if ema else "model")
+            )
+        return results
+
+    def _evaluate_mid_epoch(self) -> None:
+        """An evaluation by steps inside an epoch: its own row in ``metrics.csv`` (epoch, step, lr, val/...)."""
+        results = self._validate()
+        if not results:
+            return
+        self.scheduler.step_epoch(self.epoch, results)  # same epoch count: only ``plateau`` observes
+        values = {"lr": self._lr(), **results}
+        self.logger.log_epoch(self.epoch + 1, self.global_step, values)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in results.items())
+        self.logger.print(f"step {self.global_step}/{self.total_steps}  {shown}")
+
     def _end_epoch(self, seconds: float) -> None:
         self.check_finite()
         self.epoch += 1
@@ -345,19 +383,12 @@ class Trainer:
         values: dict[str, float] = {"lr": self._lr()}
         values.update({f"train/{k}": s / n for k, (s, n) in self.epoch_sums.items() if n})
         self.epoch_sums = {}
-        results = self.evaluate() if (self.epoch % self.eval_interval == 0 or last) else {}
-        self.metrics.update(results)
+        results = self._validate() if (last or self._eval_due(epoch_end=True)) else {}
         values.update(results)
         self.scheduler.step_epoch(self.epoch, results)
         values["time"] = seconds
         self.logger.log_epoch(self.epoch, self.global_step, values)
         self.logger.summary(self.epoch, self.epochs, values, seconds)
-        if self.is_main and results and self.checkpointer.consider(checkpoint_name(self.epoch), results):
-            ema = self.checkpointer.uses_ema() and self.ema is not None
-            weights = self.ema.module.state_dict() if ema else self.model.state_dict()
-            self.checkpointer.write_weights(
-                self.checkpointer.best_weights, weights, self._metadata("ema" if ema else "model")
-            )
         if self.epoch % self.checkpointer.interval == 0 or last:
             self.save_checkpoint()
 

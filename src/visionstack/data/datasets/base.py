@@ -5,6 +5,13 @@ A dataset is a list of ``(path, label)`` samples plus class names. Item ``i`` is
 ``(i, seed)`` (what :class:`visionstack.data.loader.ResumableSampler` yields) runs the transform under a
 random state seeded by ``seed``, so augmentations depend only on (seed, epoch, index) -- not on the worker
 that loads the sample or on how many samples came before.
+
+Seeding costs a few microseconds per sample: torch's default generator is seeded directly (``manual_seed``
+of the generator; ``torch.manual_seed`` also queues CUDA seeding and costs ~0.3 ms), python's ``random``
+and numpy are seeded only when the transform may draw from them (anything beyond
+``torchvision.transforms.v2``, which draws from torch alone), and the previous states are saved and
+restored only in the main process (a loader worker's global RNG serves nothing but the samples, each of
+which reseeds it).
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from visionstack.data.decode import DecodePolicy, check_files
+from visionstack.data.transforms import draws_torch_rng_only
 from visionstack.errors import ConfigError, DataError
 from visionstack.models.builder import current_path
 
@@ -41,18 +49,36 @@ def index_only() -> Iterator[None]:
         _INDEX_ONLY.reset(token)
 
 
-@contextlib.contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Run a block under torch / numpy / python random states seeded by ``seed``; restore them afterwards."""
-    py_state = random.getstate()
-    np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+def _seed(seed: int, torch_only: bool) -> None:
+    torch.default_generator.manual_seed(seed)
+    if not torch_only:
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, torch_only: bool = False) -> Iterator[None]:
+    """Run a block with torch's default CPU generator -- and, unless ``torch_only``, python's ``random`` and
+    numpy's global state -- seeded by ``seed``.
+
+    In the main process the previous states are restored afterwards (the block consumes nothing of the
+    training process's randomness). In a DataLoader worker they are left as the block leaves them: nothing
+    but samples draws from a worker's global RNG, and each seeded sample reseeds it first.
+    """
+    if get_worker_info() is not None:
+        _seed(seed, torch_only)
+        yield
+        return
+    generator = torch.default_generator
+    torch_state = generator.get_state()
+    py_state = None if torch_only else random.getstate()
+    np_state = None if torch_only else np.random.get_state()
+    _seed(seed, torch_only)
+    try:
+        yield
+    finally:
+        generator.set_state(torch_state)
+        if not torch_only:
             random.setstate(py_state)
             np.random.set_state(np_state)
 
@@ -61,7 +87,12 @@ class ImageDataset(Dataset):
     """Samples ``(path, label)`` decoded by one :class:`DecodePolicy` and passed through ``transform``.
 
     Attributes: ``samples``, ``class_names``, ``num_classes``, ``targets``, ``bad_files`` (``(path, reason)``
-    of files dropped under ``on_error: skip``; empty otherwise), ``root``, ``split``.
+    of files dropped under ``on_error: skip``; empty otherwise), ``root``, ``split``, ``transform`` (may be
+    replaced at any time).
+
+    ``torch_rng_only``: whether seeded items need only torch's generator seeded (true when the transform
+    is built from ``torchvision.transforms.v2`` alone). A subclass whose :meth:`load_image` draws from
+    python's ``random`` or numpy should return ``False``.
     """
 
     def __init__(
@@ -117,6 +148,19 @@ class ImageDataset(Dataset):
             raise DataError(f"{where}: every file failed to decode, e.g. {listed}")
         return kept
 
+    @property
+    def transform(self) -> Callable[[Image.Image], Any] | None:
+        return self._transform
+
+    @transform.setter
+    def transform(self, transform: Callable[[Image.Image], Any] | None) -> None:
+        self._transform = transform
+        self._torch_rng_only = draws_torch_rng_only(transform)
+
+    @property
+    def torch_rng_only(self) -> bool:
+        return self._torch_rng_only
+
     # -- the dataset interface ------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.samples)
@@ -140,7 +184,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         if isinstance(key, tuple):
             index, seed = key
-            with seeded_rng(int(seed)):
+            with seeded_rng(int(seed), torch_only=self.torch_rng_only):
                 return self._item(int(index))
         return self._item(int(key))
 
