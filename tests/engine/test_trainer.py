@@ -177,6 +177,8 @@ def test_eval_interval_counts_steps_in_a_step_run(image_folder, tmp_path) -> Non
     }
     cfg["eval"]["interval"] = {"epochs": 1}  # the explicit unit: after every epoch, as in an epoch run
     assert _evaluated_steps(Trainer(cfg, work_dir=tmp_path / "b"), tmp_path / "b") == ([6, 10], [6, 10])
+    del cfg["eval"]["interval"]  # the default: after every pass over the data, not after every step
+    assert _evaluated_steps(Trainer(cfg, work_dir=tmp_path / "c"), tmp_path / "c") == ([6, 10], [6, 10])
 
 
 def test_eval_interval_by_steps_in_an_epoch_run(image_folder, tmp_path) -> None:
