@@ -167,3 +167,39 @@ def test_hooks_inside_stages_fire_as_in_torchvision():
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
     assert seen == [(1, 512, 2, 2)]  # what Grad-CAM needs
+
+
+def test_vit_block_levels_equal_torchvision_token_maps(tmp_path):
+    """Every ViT block is a level (tokens as NCHW grids, class token dropped); the last level is the
+    encoder output (last block + final norm), and the classifier still gives torchvision's logits."""
+    torch.manual_seed(0)
+    small = {"image_size": 64}  # patch 16 at 64 px: a 4 x 4 grid
+    ref = torchvision.models.vit_b_16(**small).eval()
+    with torch.no_grad():
+        ref.heads.head.weight.normal_()  # torchvision zero-initializes it
+    path = tmp_path / "vit.pth"
+    torch.save(ref.state_dict(), path)
+    seen: list[torch.Tensor] = []
+    for module in [*ref.encoder.layers, ref.encoder]:
+        module.register_forward_hook(lambda m, i, o: seen.append(o))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want_logits = ref(x)
+
+    b = vs.create_model("vit_b_16", features_only=True, weights=path, model_kwargs=small).eval()
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(11)]
+    assert [f.name for f in b.feature_info] == [*blocks, "encoder"]
+    assert [(f.reduction, f.channels) for f in b.feature_info] == [(16, 768)] * 12
+    with torch.no_grad():
+        got = b(x)
+    wanted = [*seen[:11], seen[12]]  # blocks 0..10, then the encoder output (block 11 + final norm)
+    for g, w in zip(got, wanted, strict=True):
+        assert torch.equal(g, w[:, 1:].transpose(1, 2).reshape(2, 768, 4, 4))
+    last = vs.create_model("vit_b_16", out_indices=-1, features_only=True, model_kwargs=small)
+    assert [f.name for f in last.feature_info] == ["encoder"]
+    model = vs.create_model("vit_b_16", weights=path, model_kwargs=small).eval()
+    assert model.backbone.feature_info == b.feature_info[-1:]
+    with torch.no_grad():
+        got_logits = model(x)
+    assert (got_logits - want_logits).abs().max().item() <= 1e-5
+    assert (want_logits[0] - want_logits[1]).abs().max() > 1e-3

@@ -19,7 +19,7 @@ from visionstack.models.weights import save_weights
 TOL = 1e-5
 
 
-def reference(name: str, seed: int = 0, size: int = 64) -> torch.nn.Module:
+def reference(name: str, seed: int = 0, size: int = 64, **kwargs) -> torch.nn.Module:
     """A randomly initialized torchvision model whose outputs depend on the input.
 
     BatchNorm statistics are calibrated on random images (with fresh-init statistics, deep nets such as
@@ -29,7 +29,7 @@ def reference(name: str, seed: int = 0, size: int = 64) -> torch.nn.Module:
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # GoogLeNet / Inception: "default weight initialization will change"
         warnings.simplefilter("ignore", FutureWarning)
-        model = torchvision.models.get_model(name)
+        model = torchvision.models.get_model(name, **kwargs)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
         for p in model.parameters():
@@ -124,3 +124,19 @@ def test_other_class_count_takes_the_files_classifier(tmp_path):
         assert (model(x) - ref(x)).abs().max().item() <= TOL
     fresh = vs.create_model("resnet18", num_classes=7)
     assert fresh.head.fc.out_features == 7 and fresh.num_classes == 7
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_versioned_state_dict_loads_mnasnet(tmp_path, fmt):
+    """MNASNet reads its state-dict version in ``_load_from_state_dict``; files carry none (safetensors)
+    or lose it when unwrapped, so the loader must supply the model's own."""
+    ref = reference("mnasnet0_5", num_classes=10)
+    model = vs.create_model("mnasnet0_5", num_classes=10, weights=save(ref, tmp_path / "mn", fmt)).eval()
+    report = model.backbone.weights_report
+    assert not report.missing and not report.unexpected, str(report)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want, got = ref(x), model(x)
+    assert got.shape == want.shape == (2, 10)
+    assert (got - want).abs().max().item() <= TOL
+    assert (want[0] - want[1]).abs().max() > 1e-3

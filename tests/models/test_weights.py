@@ -263,3 +263,27 @@ def test_logging_reports_mismatches(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("INFO", logger="visionstack.models.weights"):
         load_weights(small_net(out=5), randomized(small_net(out=3)))
     assert any(r.levelname == "WARNING" and "shape-mismatched 2" in r.getMessage() for r in caplog.records)
+
+
+class _Versioned(nn.Module):
+    """A module that, like MNASNet, reads its state-dict version while loading."""
+
+    _version = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.seen: list[int | None] = []
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
+        self.seen.append(local_metadata.get("version"))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+def test_loading_passes_the_models_state_dict_versions(tmp_path: Path) -> None:
+    source = nn.Sequential(_Versioned())
+    path = save_weights(source, tmp_path / "v.safetensors")  # safetensors keeps no versions
+    model = nn.Sequential(_Versioned())
+    report = load_weights(model, path, log=False)
+    assert report.ok and model[0].seen == [2]
+    assert_loaded(model, source.state_dict())

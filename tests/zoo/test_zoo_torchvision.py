@@ -36,9 +36,12 @@ FAMILY_SAMPLE = (
     "googlenet",
     "inception_v3",
     "maxvit_t",
+    "mnasnet0_5",
     "mobilenet_v2",
+    "mobilenet_v3_large",
     "regnet_x_400mf",
     "regnet_y_400mf",
+    "resnet18",
     "resnext50_32x4d",
     "shufflenet_v2_x0_5",
     "squeezenet1_1",
@@ -91,3 +94,24 @@ def test_family_sample_matches_torchvision(tmp_path, name):
         want, got = ref(x), model(x)
     assert (got - want).abs().max().item() <= 1e-5
     assert (want[0] - want[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("name", FAMILY_SAMPLE)
+def test_family_sample_output_stride(name, output_stride):
+    """Either the reductions cap at ``output_stride`` and the maps have those sizes, or a clear refusal."""
+    try:
+        backbone = BACKBONES.get(name)(features_only=True, output_stride=output_stride).eval()
+    except ValueError as err:
+        assert f"output_stride={output_stride} is not available for {name}: " in str(err)
+        return
+    base = BACKBONES.get(name)(features_only=True)
+    size = input_size(backbone.discovery)
+    with torch.no_grad():
+        outs = backbone(torch.randn(1, 3, size, size))
+    want = [min(f.reduction, output_stride) for f in base.feature_info]
+    assert [f.reduction for f in backbone.feature_info] == want
+    for out, info in zip(outs, backbone.feature_info):
+        assert out.shape[1] == info.channels and torch.isfinite(out).all()
+        for s in out.shape[2:]:
+            assert size / (2 * info.reduction) <= s <= math.ceil(size / info.reduction) + 1

@@ -43,6 +43,13 @@ def _tracer_class() -> type:
         def is_leaf_module(self, m: nn.Module, module_qualname: str) -> bool:
             return module_qualname in self.leaves or super().is_leaf_module(m, module_qualname)
 
+        def _get_node_qualname(self, module_qualname: str, node: fx.Node) -> str:
+            # a module call keeps its exact path: torchvision would rename a first call of
+            # ``encoder_layer_0`` to ``encoder_layer`` (it strips fx's ``_<n>`` suffixes)
+            if node.op == "call_module" and module_qualname not in self.node_to_qualname.values():
+                return module_qualname
+            return super()._get_node_qualname(module_qualname, node)
+
     return UnitTracer
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,10 +315,25 @@ def load_weights(
     if strict and not report.ok:
         raise CheckpointError(f"strict loading failed for {type(module).__name__}:\n{report}")
     if to_load:
-        module.load_state_dict(to_load, strict=False)
+        module.load_state_dict(_with_versions(to_load, target), strict=False)
     if log:
         _log_report(report)
     return report
+
+
+def _with_versions(state: dict[str, Tensor], target: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """``state`` carrying the model's own state-dict versions (``_metadata``).
+
+    Modules that upgrade older layouts in ``_load_from_state_dict`` read a version from there (MNASNet
+    refuses to load without one; BatchNorm adds ``num_batches_tracked`` to version-1 dicts). The entries
+    kept here were matched to the model by name and shape, so they are read as the model's own layout.
+    """
+    metadata = getattr(target, "_metadata", None)
+    if metadata is None:
+        return state
+    out: OrderedDict[str, Tensor] = OrderedDict(state)
+    out._metadata = metadata  # type: ignore[attr-defined]
+    return out
 
 
 def resolve_weights(

@@ -38,7 +38,7 @@ __all__ = ["FGVCLIB_ALIASES", "TorchvisionBackbone", "build_torchvision_model", 
 
 #: FGVCLib's names for torchvision models, where they differ.
 FGVCLIB_ALIASES: dict[str, tuple[str, ...]] = {"vit_b_16": ("vit16",), "swin_t": ("swint",)}
-#: Builder options that give output stride 16 / 8 by dilation, tried in order (others: not supported).
+#: Builder options that give output stride 16 / 8 by dilation, tried in order (then the generic rule of visionstack.models.dilation).
 DILATION_OPTIONS: dict[int, tuple[dict[str, Any], ...]] = {
     16: ({"replace_stride_with_dilation": [False, False, True]}, {"dilated": True}),
     8: ({"replace_stride_with_dilation": [False, True, True]},),
@@ -93,26 +93,40 @@ def _meta_tensors(enabled: bool) -> Iterator[None]:
 
 
 def _dilated(name: str, output_stride: int, options: dict[str, Any], base: Discovery, probe_size: Any):
-    """The model built for ``output_stride`` and its levels (the undilated model's modules, re-measured)."""
-    reason = ""
+    """The model built for ``output_stride`` and its levels (the undilated model's modules, re-measured).
+
+    The builder's own option is used where it has one (``replace_stride_with_dilation``, ``dilated``);
+    otherwise the generic rule of :func:`visionstack.models.dilation.dilate`.
+    """
     names = [level.name for level in base.levels]
+    want = [min(level.reduction, output_stride) for level in base.levels]
     for extra in DILATION_OPTIONS.get(output_stride, ()):
         try:
             model = build_torchvision_model(name, {**options, **extra})
-        except TypeError as err:
-            if next(iter(extra)) not in str(err):
+        except (TypeError, NotImplementedError) as err:  # not this builder's option / BasicBlock refuses
+            if isinstance(err, TypeError) and next(iter(extra)) not in str(err):
                 raise
             continue
-        except NotImplementedError as err:  # e.g. ResNet-18/34: "Dilation > 1 not supported in BasicBlock"
-            reason = f" ({err})"
-            continue
         found = discover_stages(model, probe_size, level_names=names)
-        if found.levels[-1].reduction == output_stride:  # some builders ignore options they do not know
+        if [level.reduction for level in found.levels] == want:  # some builders ignore unknown options
             return model, found
+    from visionstack.models.dilation import dilate
+
+    model = build_torchvision_model(name, options)
+    h, w = base.input_size
+    sizes = [(h, w)] if base.fixed_size else [(h, w), (h + 64, w + 128)]
+    try:
+        dilate(model, output_stride, sizes, end=names[-1])
+        found = discover_stages(model, probe_size, level_names=names)
+    except ValueError as err:
+        reason = str(err)
+    else:
+        got = [level.reduction for level in found.levels]
+        if got == want:
+            return model, found
+        reason = f"after dilating its convolutions and pools the levels' reductions are {got}, not {want}"
     raise ValueError(
-        f"output_stride={output_stride} is not available for {name}{reason}: it works for models whose "
-        "builder takes replace_stride_with_dilation (ResNet-50 and deeper, ResNeXt, Wide ResNet: 8 or 16) "
-        "or dilated (MobileNetV3: 16); leave output_stride unset (32)"
+        f"output_stride={output_stride} is not available for {name}: {reason}; leave output_stride unset"
     )
 
 
@@ -155,7 +169,9 @@ class TorchvisionBackbone(Backbone):
         weights: a weights file (.pth/.pt/.bin/.safetensors) or a torchvision tag (``IMAGENET1K_V2``,
             ``DEFAULT``) read from the local torch hub cache.
         strict: fail unless every weight matches.
-        output_stride: 8 or 16 by dilation (ResNet family; MobileNetV3: 16); the levels stay the same.
+        output_stride: 8 or 16 by dilation: the builder's option where it has one (ResNet-50+, MobileNetV3),
+            else :func:`visionstack.models.dilation.dilate` (convs and pools of any model; refused, with the
+            reasons, where other modules mix positions); the levels stay the same modules.
         frozen_stages: -1 trains everything; ``k`` freezes (``requires_grad=False``, eval mode) every module
             that runs up to the end of level ``k`` (ResNet: 0 = stem, 1 = stem + layer1, ...).
         norm_eval: keep BatchNorm layers in eval mode while training.
@@ -266,6 +282,12 @@ class TorchvisionBackbone(Backbone):
             for p in module.parameters(recurse=False):
                 p.requires_grad_(False)
             self._frozen.append(module)
+        # the enclosing modules' own parameters feed the level too (ViT's class token and position
+        # embedding when the level is a block); they are frozen, but the modules keep their mode
+        parts = self.discovery.levels[frozen_stages].name.split(".")
+        for depth in range(len(parts)):
+            for p in model.get_submodule(".".join(parts[:depth])).parameters(recurse=False):
+                p.requires_grad_(False)
         self.train(self.training)
 
     # -- interface ------------------------------------------------------------------------------------
