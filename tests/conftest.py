@@ -15,15 +15,22 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 class TinyBackbone(nn.Module):
     """Three conv stages (reductions 2, 4, 8) returning the selected maps, for fast tests."""
 
-    def __init__(self, widths: list[int] | None = None, out_indices: list[int] | None = None,
-                 features_only: bool = False, in_chans: int = 3) -> None:
+    def __init__(
+        self,
+        widths: list[int] | None = None,
+        out_indices: list[int] | None = None,
+        features_only: bool = False,
+        in_chans: int = 3,
+    ) -> None:
         super().__init__()
         from visionstack.models.features import FeatureInfo, resolve_out_indices
 
         widths = widths or [8, 12, 16]
         stages, prev = [], in_chans
         for w in widths:
-            stages.append(nn.Sequential(nn.Conv2d(prev, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU()))
+            stages.append(
+                nn.Sequential(nn.Conv2d(prev, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU())
+            )
             prev = w
         self.stages = nn.ModuleList(stages)
         self.out_indices = resolve_out_indices(out_indices, len(widths), features_only)

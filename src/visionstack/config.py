@@ -49,14 +49,52 @@ DELETE_KEY = "_delete_"
 RUN_SECTIONS: dict[str, set[str] | None] = {
     "model": None,
     "data": {
-        "root", "train", "val", "test", "image_size", "resize_size", "transforms", "train_transforms",
-        "val_transforms", "batch_size", "val_batch_size", "num_workers", "mean", "std", "interpolation",
-        "decode", "pin_memory", "persistent_workers", "drop_last", "preset", "sampler",
+        "root",
+        "train",
+        "val",
+        "test",
+        "image_size",
+        "resize_size",
+        "transforms",
+        "train_transforms",
+        "val_transforms",
+        "batch_size",
+        "val_batch_size",
+        "num_workers",
+        "mean",
+        "std",
+        "interpolation",
+        "decode",
+        "pin_memory",
+        "persistent_workers",
+        "drop_last",
+        "preset",
+        "sampler",
     },
     "train": {
-        "epochs", "steps", "optimizer", "scheduler", "amp", "ema", "seed", "deterministic", "checkpoint",
-        "grad_accum", "clip_grad", "channels_last", "compile", "mixup", "cutmix", "mix_prob", "log_interval",
-        "nonfinite", "device", "sync_bn", "progress", "max_steps_per_epoch", "find_unused_parameters",
+        "epochs",
+        "steps",
+        "optimizer",
+        "scheduler",
+        "amp",
+        "ema",
+        "seed",
+        "deterministic",
+        "checkpoint",
+        "grad_accum",
+        "clip_grad",
+        "channels_last",
+        "compile",
+        "mixup",
+        "cutmix",
+        "mix_prob",
+        "log_interval",
+        "nonfinite",
+        "device",
+        "sync_bn",
+        "progress",
+        "max_steps_per_epoch",
+        "find_unused_parameters",
     },
     "eval": {"interval", "topk", "tta", "metric", "retrieval"},
     "work_dir": None,
@@ -72,11 +110,15 @@ def _load_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ConfigError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+        raise ConfigError(
+            str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(str(path), f"a config must be a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            str(path), f"a config must be a mapping at the top level, got {type(data).__name__}"
+        )
     return data
 
 
@@ -221,14 +263,18 @@ def check_keys(section: Mapping[str, Any], allowed: Iterable[str], path: str) ->
     for key in section:
         if key not in allowed:
             sub = f"{path}.{key}" if path else str(key)
-            raise ConfigError(sub, f"unknown key.{closest(key, allowed)} Valid keys: {', '.join(sorted(allowed))}")
+            raise ConfigError(
+                sub, f"unknown key.{closest(key, allowed)} Valid keys: {', '.join(sorted(allowed))}"
+            )
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """Check the sections of a run config and every part's arguments, before anything is built."""
     if not isinstance(cfg, Mapping):
         raise ConfigError("", f"a config must be a mapping, got {type(cfg).__name__}")
-    check_keys({k: v for k, v in cfg.items() if not (isinstance(k, str) and k.startswith("_"))}, RUN_SECTIONS, "")
+    check_keys(
+        {k: v for k, v in cfg.items() if not (isinstance(k, str) and k.startswith("_"))}, RUN_SECTIONS, ""
+    )
     for name, keys in RUN_SECTIONS.items():
         section = cfg.get(name)
         if keys is None or section is None:

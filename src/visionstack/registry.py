@@ -76,7 +76,9 @@ class Registry:
         for alias in aliases:
             self._aliases[alias] = name
 
-    def add_resolver(self, resolver: Callable[[str], Any], lister: Callable[[], list[str]] | None = None) -> None:
+    def add_resolver(
+        self, resolver: Callable[[str], Any], lister: Callable[[], list[str]] | None = None
+    ) -> None:
         """Add a function that builds entries on demand for names no one registered explicitly."""
         self._resolvers.append(resolver)
         if lister is not None:
@@ -197,7 +199,17 @@ METRICS = Registry("metric", ["visionstack.engine.metrics"])
 REGISTRIES: dict[str, Registry] = {
     r.kind: r
     for r in (
-        BACKBONES, ENCODERS, NECKS, HEADS, LOSSES, METHODS, DATASETS, TRANSFORMS, OPTIMIZERS, SCHEDULERS, METRICS
+        BACKBONES,
+        ENCODERS,
+        NECKS,
+        HEADS,
+        LOSSES,
+        METHODS,
+        DATASETS,
+        TRANSFORMS,
+        OPTIMIZERS,
+        SCHEDULERS,
+        METRICS,
     )
 }
 

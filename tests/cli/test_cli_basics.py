@@ -17,14 +17,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "visionstack", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "visionstack", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_help_is_fast_and_does_not_import_torch() -> None:
-    code = ("import sys, time; t=time.perf_counter(); from visionstack.cli.main import main; "
-            "import contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):"
-            " main(['--help'])\nprint(time.perf_counter()-t, 'torch' in sys.modules)")
+    code = (
+        "import sys, time; t=time.perf_counter(); from visionstack.cli.main import main; "
+        "import contextlib, io\nwith contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):"
+        " main(['--help'])\nprint(time.perf_counter()-t, 'torch' in sys.modules)"
+    )
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     wall = time.perf_counter() - start
@@ -32,7 +40,10 @@ def test_help_is_fast_and_does_not_import_torch() -> None:
     assert torch_loaded == "False", "visionstack --help must not import torch"
     assert float(elapsed) < 2.0 and wall < 10  # generous wall bound: interpreter start on a busy machine
     import_code = "import sys, visionstack; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", import_code], capture_output=True, text=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", import_code], capture_output=True, text=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_every_verb_has_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,7 +105,9 @@ def test_plugins_register_user_parts(tmp_path: Path) -> None:
 
 
 def test_info_reports_params_flops_and_feature_info() -> None:
-    result = run_cli("info", "resnet18", "--num-classes", "10", "--input-size", "64", "--layers", "--depth", "1")
+    result = run_cli(
+        "info", "resnet18", "--num-classes", "10", "--input-size", "64", "--layers", "--depth", "1"
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "11,181,642" in out  # torchvision resnet18 with a 10-class fc

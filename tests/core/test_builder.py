@@ -18,8 +18,16 @@ from visionstack.registry import HEADS
 class ProbeHead(Head):
     """A head with typed arguments, for checking validation."""
 
-    def __init__(self, in_channels: int, num_classes: int, hidden: int = 4, dropout: float = 0.0,
-                 act: Literal["relu", "gelu"] = "relu", widths: list[int] | None = None, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        hidden: int = 4,
+        dropout: float = 0.0,
+        act: Literal["relu", "gelu"] = "relu",
+        widths: list[int] | None = None,
+        bias: bool = True,
+    ) -> None:
         super().__init__(in_channels, num_classes)
         self.fc = nn.Sequential(nn.Linear(in_channels, hidden), nn.Linear(hidden, num_classes, bias=bias))
 
@@ -32,8 +40,13 @@ if "test_probe_head" not in HEADS:
 
 
 def model_cfg(**head) -> dict:
-    return {"backbone": {"type": "test_tiny"}, "encoder": "gap", "head": {"type": "test_probe_head", **head},
-            "loss": "cross_entropy", "num_classes": 3}
+    return {
+        "backbone": {"type": "test_tiny"},
+        "encoder": "gap",
+        "head": {"type": "test_probe_head", **head},
+        "loss": "cross_entropy",
+        "num_classes": 3,
+    }
 
 
 def test_in_channels_are_wired_and_explicit_value_is_checked() -> None:
@@ -89,7 +102,9 @@ def test_validation_happens_before_anything_is_built(monkeypatch: pytest.MonkeyP
     from tests.conftest import TinyBackbone
 
     built = []
-    monkeypatch.setattr(TinyBackbone, "__init__", lambda self, *a, **k: built.append(1) or nn.Module.__init__(self))
+    monkeypatch.setattr(
+        TinyBackbone, "__init__", lambda self, *a, **k: built.append(1) or nn.Module.__init__(self)
+    )
     cfg = model_cfg()
     cfg["loss"] = {"type": "cross_entropy", "label_smothing": 0.1}
     with pytest.raises(ConfigError) as info:
@@ -115,6 +130,12 @@ def test_constructor_failures_are_reported_at_the_part_path() -> None:
 def test_string_shorthand_and_prebuilt_modules() -> None:
     from tests.conftest import TinyBackbone
 
-    model = build_model({"backbone": TinyBackbone(), "encoder": "GlobalAveragePooling", "head": "LinearClsHead",
-                         "num_classes": 5})
+    model = build_model(
+        {
+            "backbone": TinyBackbone(),
+            "encoder": "GlobalAveragePooling",
+            "head": "LinearClsHead",
+            "num_classes": 5,
+        }
+    )
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 5)

@@ -20,7 +20,9 @@ def test_base_chain_relative_paths_and_lists(tmp_path: Path) -> None:
     write(tmp_path / "_base_/a.yaml", "train: {epochs: 5, seed: 1}\ndata: {batch_size: 8}\n")
     write(tmp_path / "_base_/b.yaml", "_base_: a.yaml\ntrain: {epochs: 7}\n")
     write(tmp_path / "_base_/c.yaml", "data: {num_workers: 3}\n")
-    cfg_path = write(tmp_path / "cfg/run.yaml", "_base_: [../_base_/b.yaml, ../_base_/c.yaml]\ntrain: {seed: 9}\n")
+    cfg_path = write(
+        tmp_path / "cfg/run.yaml", "_base_: [../_base_/b.yaml, ../_base_/c.yaml]\ntrain: {seed: 9}\n"
+    )
     cfg = load_config(cfg_path)
     assert cfg["train"] == {"epochs": 7, "seed": 9}
     assert cfg["data"] == {"batch_size": 8, "num_workers": 3}
@@ -29,8 +31,12 @@ def test_base_chain_relative_paths_and_lists(tmp_path: Path) -> None:
 
 def test_delete_replaces_subtree(tmp_path: Path) -> None:
     write(tmp_path / "base.yaml", "train: {optimizer: {type: sgd, lr: 0.1, momentum: 0.9}}\n")
-    cfg = load_config(write(tmp_path / "run.yaml",
-                            "_base_: base.yaml\ntrain: {optimizer: {_delete_: true, type: adamw, lr: 0.001}}\n"))
+    cfg = load_config(
+        write(
+            tmp_path / "run.yaml",
+            "_base_: base.yaml\ntrain: {optimizer: {_delete_: true, type: adamw, lr: 0.001}}\n",
+        )
+    )
     assert cfg["train"]["optimizer"] == {"type": "adamw", "lr": 0.001}
     merged = merge({"a": {"x": 1}}, {"a": {"y": 2}})
     assert merged == {"a": {"x": 1, "y": 2}}
@@ -61,8 +67,18 @@ def test_yaml_is_never_evaluated(tmp_path: Path) -> None:
 
 def test_overrides_parse_yaml_scalars_and_index_lists() -> None:
     cfg = {"train": {"epochs": 1}, "model": {"loss": [{"type": "ce"}, {"type": "focal"}]}}
-    out = apply_overrides(cfg, ["train.epochs=3", "train.amp=bf16", "train.lr=1e-3", "model.loss.1.gamma=2.0",
-                                "train.flag=true", "train.list=[1, 2]", "new.key=null"])
+    out = apply_overrides(
+        cfg,
+        [
+            "train.epochs=3",
+            "train.amp=bf16",
+            "train.lr=1e-3",
+            "model.loss.1.gamma=2.0",
+            "train.flag=true",
+            "train.list=[1, 2]",
+            "new.key=null",
+        ],
+    )
     assert out["train"] == {"epochs": 3, "amp": "bf16", "lr": 1e-3, "flag": True, "list": [1, 2]}
     assert out["model"]["loss"][1] == {"type": "focal", "gamma": 2.0}
     assert out["new"] == {"key": None}

@@ -18,15 +18,23 @@ VALID = {
         "backbone": {"type": "test_tiny", "widths": [4, 6, 8], "out_indices": [-1]},
         "encoder": {"type": "gem", "p": 3.0},
         "head": {"type": "stacked_linear", "mid_channels": [8], "dropout": 0.1},
-        "loss": [{"type": "cross_entropy", "label_smoothing": 0.1}, {"type": "focal", "gamma": 2.0, "weight": 0.5}],
+        "loss": [
+            {"type": "cross_entropy", "label_smoothing": 0.1},
+            {"type": "focal", "gamma": 2.0, "weight": 0.5},
+        ],
         "num_classes": 3,
     },
     "train": {"epochs": 1, "seed": 0},
 }
 
 values = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 1000), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.lists(st.integers(-2, 8), max_size=4), st.dictionaries(st.text(max_size=6), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 1000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(-2, 8), max_size=4),
+    st.dictionaries(st.text(max_size=6), st.integers(), max_size=2),
 )
 
 
@@ -66,7 +74,9 @@ def mutate(cfg: dict, path: tuple, action: str, value, new_key: str) -> dict:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.sampled_from(ALL_PATHS), st.sampled_from(["set", "delete", "rename", "add"]), values,
+    st.sampled_from(ALL_PATHS),
+    st.sampled_from(["set", "delete", "rename", "add"]),
+    values,
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", max_size=10),
 )
 def test_mutated_configs_raise_only_config_errors(path, action, value, new_key) -> None:

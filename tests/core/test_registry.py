@@ -26,8 +26,15 @@ def make_registry() -> Registry:
 def test_lookup_is_case_and_separator_insensitive() -> None:
     reg = make_registry()
     target = reg.get("global_avg_pool")
-    for name in ("GlobalAvgPool", "global-avg-pool", "GLOBAL AVG POOL", "global.avg.pool", "gap",
-                 "GlobalAveragePooling", "global_average_pooling"):
+    for name in (
+        "GlobalAvgPool",
+        "global-avg-pool",
+        "GLOBAL AVG POOL",
+        "global.avg.pool",
+        "gap",
+        "GlobalAveragePooling",
+        "global_average_pooling",
+    ):
         assert reg.get(name) is target
     assert reg.get("MaxPool")() == "max"
     assert normalize("Global_Avg-Pool") == "globalavgpool"
@@ -63,7 +70,9 @@ def test_glob_listing_and_aliases() -> None:
 
 def test_resolver_and_lister_for_open_families() -> None:
     reg = make_registry()
-    reg.add_resolver(lambda name: (lambda: name) if name.startswith("zoo/") else None, lambda: ["zoo/a", "zoo/b"])
+    reg.add_resolver(
+        lambda name: (lambda: name) if name.startswith("zoo/") else None, lambda: ["zoo/a", "zoo/b"]
+    )
     assert reg.get("zoo/anything")() == "zoo/anything"
     assert reg.list("zoo/*") == ["zoo/a", "zoo/b"]
 
@@ -77,8 +86,19 @@ def test_no_import_paths_are_resolved() -> None:
 
 
 def test_every_kind_has_a_registry_and_public_registration() -> None:
-    kinds = ["backbone", "encoder", "neck", "head", "loss", "method", "dataset", "transform", "optimizer",
-             "scheduler", "metric"]
+    kinds = [
+        "backbone",
+        "encoder",
+        "neck",
+        "head",
+        "loss",
+        "method",
+        "dataset",
+        "transform",
+        "optimizer",
+        "scheduler",
+        "metric",
+    ]
     for kind in kinds:
         assert vs.registry_for(kind).kind == kind
         assert vs.registry_for(kind + "s").kind == kind

@@ -126,7 +126,9 @@ class Trainer:
         )
         self.checkpointer = Checkpointer(self.work_dir, tc.get("checkpoint"), enabled=self.is_main)
         self.log_interval = positive_int(tc.get("log_interval", 10), "train.log_interval")
-        self.eval_every, self.eval_unit = eval_interval(self.eval_cfg.get("interval", {"epochs": 1}), self.run_unit)
+        self.eval_every, self.eval_unit = eval_interval(
+            self.eval_cfg.get("interval", {"epochs": 1}), self.run_unit
+        )
         self.topk = self.eval_cfg.get("topk", [1, 5])
         self.topk = [self.topk] if isinstance(self.topk, int) else list(self.topk)
         self.evaluator = None

@@ -151,12 +151,17 @@ def check_part(registry: Registry, cfg: Any, path: str, provided: Sequence[str] 
     if not var_kw:
         check_keys(kwargs, named, path)
     missing = [
-        n for n, p in params.items()
-        if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-        and n not in kwargs and n not in provided
+        n
+        for n, p in params.items()
+        if p.default is p.empty
+        and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        and n not in kwargs
+        and n not in provided
     ]
     if missing:
-        raise ConfigError(join(path, missing[0]), f"required argument of {registry.kind} {cfg['type']!r} is missing")
+        raise ConfigError(
+            join(path, missing[0]), f"required argument of {registry.kind} {cfg['type']!r} is missing"
+        )
     hints = _hints(builder)
     for key, value in kwargs.items():
         sub = join(path, key)
@@ -205,7 +210,11 @@ def build_part(
         accepts_any = sig is None or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
         for name, value in provided.items():
             if name in kwargs:
-                if name == "in_channels" and value is not None and _channels(kwargs[name]) != _channels(value):
+                if (
+                    name == "in_channels"
+                    and value is not None
+                    and _channels(kwargs[name]) != _channels(value)
+                ):
                     raise ConfigError(
                         join(path, name),
                         f"is {kwargs[name]!r} but the previous part outputs {value!r} channels; "
@@ -221,7 +230,9 @@ def build_part(
         except (ConfigError, KeyboardInterrupt):
             raise
         except Exception as err:  # constructor rejected a value: report it at this key path
-            raise ConfigError(path, f"building {registry.kind} {cfg['type']!r} failed: {type(err).__name__}: {err}") from err
+            raise ConfigError(
+                path, f"building {registry.kind} {cfg['type']!r} failed: {type(err).__name__}: {err}"
+            ) from err
 
 
 def _channels(value: Any) -> Any:

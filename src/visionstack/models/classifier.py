@@ -42,8 +42,12 @@ class ImageClassifier(nn.Module):
         num_classes: classes of the head when the head config does not say.
     """
 
-    provides = {"encoder": ("in_channels", "backbone"), "neck": ("in_channels",),
-                "head": ("in_channels", "num_classes"), "loss": ("num_classes", "in_channels")}
+    provides = {
+        "encoder": ("in_channels", "backbone"),
+        "neck": ("in_channels",),
+        "head": ("in_channels", "num_classes"),
+        "loss": ("num_classes", "in_channels"),
+    }
 
     def __init__(
         self,
@@ -68,13 +72,20 @@ class ImageClassifier(nn.Module):
         pooled = self.map_neck is not None and getattr(self.map_neck, "outputs", "maps") == "vectors"
         if pooled:  # the neck already pools (e.g. global_average_pooling): no encoder after it
             if encoder not in (None, "gap"):
-                raise ConfigError(current_path("encoder"), "the neck already pools maps into vectors; "
-                                  "leave the encoder out or set it to null")
+                raise ConfigError(
+                    current_path("encoder"),
+                    "the neck already pools maps into vectors; leave the encoder out or set it to null",
+                )
             encoder = None
         elif encoder is None:
-            raise ConfigError(current_path("encoder"), "null leaves the feature maps unpooled: give an encoder "
-                              "(e.g. gap) or a neck that pools (global_average_pooling)")
-        self.encoder = build_part(ENCODERS, encoder, "encoder", {"in_channels": channels, "backbone": self.backbone})
+            raise ConfigError(
+                current_path("encoder"),
+                "null leaves the feature maps unpooled: give an encoder "
+                "(e.g. gap) or a neck that pools (global_average_pooling)",
+            )
+        self.encoder = build_part(
+            ENCODERS, encoder, "encoder", {"in_channels": channels, "backbone": self.backbone}
+        )
         if self.encoder is not None:
             channels = self.encoder.out_channels
         if neck is not None and neck_cfg_consumes == "vectors":
@@ -90,8 +101,14 @@ class ImageClassifier(nn.Module):
                 "(training fills it from the data set)",
             )
         self.head = build_part(
-            HEADS, head, "head",
-            {"in_channels": self.feature_channels, "num_classes": head_num_classes, "backbone": self.backbone},
+            HEADS,
+            head,
+            "head",
+            {
+                "in_channels": self.feature_channels,
+                "num_classes": head_num_classes,
+                "backbone": self.backbone,
+            },
         )
         self.num_classes = int(getattr(self.head, "num_classes", head_num_classes))
         self.loss = build_losses(
@@ -138,7 +155,9 @@ class ImageClassifier(nn.Module):
         return self.head.pre_logits(x) if stage == "pre_logits" else self.head(x)
 
     # -- training ---------------------------------------------------------------------------------
-    def compute_losses(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def compute_losses(
+        self, outputs: dict[str, torch.Tensor], targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         if self.loss is None:
             raise RuntimeError("this model has no loss configured; set model.loss")
         return self.loss(outputs, targets)

@@ -94,8 +94,13 @@ def layer_table(model: nn.Module, images: torch.Tensor, max_depth: int = 3) -> l
     return rows
 
 
-def summarize(model: nn.Module, input_size: int | tuple[int, int] = 224, layers: bool = False,
-              max_depth: int = 3, in_chans: int = 3) -> ModelSummary:
+def summarize(
+    model: nn.Module,
+    input_size: int | tuple[int, int] = 224,
+    layers: bool = False,
+    max_depth: int = 3,
+    in_chans: int = 3,
+) -> ModelSummary:
     """Summarize ``model`` (a classifier, a method or a bare backbone) at one input size, batch 1."""
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     images = torch.zeros(1, in_chans, h, w)
