@@ -151,13 +151,21 @@ def bench_timm(name: str, x, args, tmp: Path) -> list[dict]:
     ref = timm.create_model(timm_name, pretrained=False).eval()
     path = save_weights(ref, tmp / f"timm_{timm_name}.safetensors")
     ours = vs.create_model(f"timm/{timm_name}", weights=path).eval().to(args.device)
-    feats = vs.create_model(f"timm/{timm_name}", features_only=True, weights=path).eval().to(args.device)
     ref = ref.to(args.device)
-    ref_feats = timm.create_model(timm_name, pretrained=False, features_only=True).eval().to(args.device)
+    # timm's feature model loads the same file through its own pretrained path (offline: a local file)
+    overlay = {"file": str(path)}
+    ref_feats = timm.create_model(
+        timm_name, features_only=True, pretrained=True, pretrained_cfg_overlay=overlay
+    )
+    ref_feats = ref_feats.eval().to(args.device)
+    levels = tuple(range(-len(ref_feats.feature_info.out_indices), 0))  # the same (last n) levels as timm's
+    feats = vs.create_model(f"timm/{timm_name}", features_only=True, out_indices=levels, weights=path)
+    feats = feats.eval().to(args.device)
     with torch.inference_mode():
         diff = _max_diff(ours(x), ref(x))
+        fdiff = _max_diff(feats(x), list(ref_feats(x)))
     rows = []
-    for kind, a, b, d in (("forward", ours, ref, diff), ("features_only", feats, ref_feats, float("nan"))):
+    for kind, a, b, d in (("forward", ours, ref, diff), ("features_only", feats, ref_feats, fdiff)):
         xa = x.to(memory_format=torch.channels_last) if args.channels_last else x
         result = time_models(a, b, xa, args)
         rows.append(
