@@ -115,8 +115,8 @@ def bench_torchvision(name: str, x, args, tmp: Path) -> list[dict]:
     from torchvision.models.feature_extraction import create_feature_extractor
 
     import visionstack as vs
-    from visionstack.models.discovery import to_nchw
-    from visionstack.models.weights import save_weights
+    from visionstack.core.io import save_weights
+    from visionstack.models.features.layout import to_nchw
 
     ref = torchvision.models.get_model(name).eval()
     path = save_weights(ref, tmp / f"{name}.safetensors")
@@ -143,7 +143,7 @@ def bench_timm(name: str, x, args, tmp: Path) -> list[dict]:
     import torch
 
     import visionstack as vs
-    from visionstack.models.weights import save_weights
+    from visionstack.core.io import save_weights
 
     timm_name = TIMM_NAMES.get(name)
     if timm_name is None:

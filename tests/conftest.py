@@ -8,11 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from visionstack.models.backbones.base import Backbone
+from visionstack.models.features.layout import FeatureInfo
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-class TinyBackbone(nn.Module):
+class TinyBackbone(Backbone):
     """Three conv stages (reductions 2, 4, 8) returning the selected maps, for fast tests."""
 
     def __init__(
@@ -23,8 +26,6 @@ class TinyBackbone(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        from visionstack.models.features import FeatureInfo, resolve_out_indices
-
         widths = widths or [8, 12, 16]
         stages, prev = [], in_chans
         for w in widths:
@@ -33,12 +34,8 @@ class TinyBackbone(nn.Module):
             )
             prev = w
         self.stages = nn.ModuleList(stages)
-        self.out_indices = resolve_out_indices(out_indices, len(widths), features_only)
-        self.feature_info = [FeatureInfo(widths[i], 2 ** (i + 1), f"stages.{i}") for i in self.out_indices]
-
-    @property
-    def out_channels(self) -> list[int]:
-        return [f.channels for f in self.feature_info]
+        levels = [FeatureInfo(w, 2 ** (i + 1), f"stages.{i}") for i, w in enumerate(widths)]
+        self.select_levels(levels, out_indices, features_only)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
@@ -50,10 +47,10 @@ class TinyBackbone(nn.Module):
 
 
 def _register_tiny() -> None:
-    from visionstack.registry import BACKBONES
+    from visionstack.core.registry import BACKBONES
 
     if "test_tiny" not in BACKBONES:
-        BACKBONES.add("test_tiny", TinyBackbone)
+        BACKBONES.register("test_tiny")(TinyBackbone)
 
 
 @pytest.fixture(scope="session", autouse=True)

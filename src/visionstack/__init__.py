@@ -9,51 +9,52 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from visionstack.core.version import __version__
 
 _EXPORTS: dict[str, str] = {
     # registries
-    "Registry": "visionstack.registry",
-    "register": "visionstack.registry",
-    "list_models": "visionstack.registry",
-    "registry_for": "visionstack.registry",
-    "BACKBONES": "visionstack.registry",
-    "ENCODERS": "visionstack.registry",
-    "NECKS": "visionstack.registry",
-    "HEADS": "visionstack.registry",
-    "LOSSES": "visionstack.registry",
-    "METHODS": "visionstack.registry",
-    "DATASETS": "visionstack.registry",
-    "TRANSFORMS": "visionstack.registry",
-    "OPTIMIZERS": "visionstack.registry",
-    "SCHEDULERS": "visionstack.registry",
-    "METRICS": "visionstack.registry",
+    "Registry": "visionstack.core.registry",
+    "register": "visionstack.core.registry",
+    "list_models": "visionstack.core.registry",
+    "registry_for": "visionstack.core.registry",
+    "BACKBONES": "visionstack.core.registry",
+    "ENCODERS": "visionstack.core.registry",
+    "NECKS": "visionstack.core.registry",
+    "HEADS": "visionstack.core.registry",
+    "LOSSES": "visionstack.core.registry",
+    "METHODS": "visionstack.core.registry",
+    "DATASETS": "visionstack.core.registry",
+    "TRANSFORMS": "visionstack.core.registry",
+    "OPTIMIZERS": "visionstack.core.registry",
+    "SCHEDULERS": "visionstack.core.registry",
+    "METRICS": "visionstack.core.registry",
+    "SAMPLERS": "visionstack.core.registry",
     # config
-    "load_config": "visionstack.config",
-    "dump_config": "visionstack.config",
+    "load_config": "visionstack.core.config",
+    "dump_config": "visionstack.core.config",
     # errors
     "ConfigError": "visionstack.errors",
     "UnknownNameError": "visionstack.errors",
     "CheckpointError": "visionstack.errors",
     "DataError": "visionstack.errors",
     # models
-    "build_model": "visionstack.models.builder",
-    "build_part": "visionstack.models.builder",
-    "create_model": "visionstack.models.factory",
+    "build_model": "visionstack.models.build",
+    "build_part": "visionstack.core.build",
+    "create_model": "visionstack.models.build",
     "ImageClassifier": "visionstack.models.classifier",
-    "FeatureInfo": "visionstack.models.features",
-    "load_weights": "visionstack.models.weights",
+    "FeatureInfo": "visionstack.models.features.layout",
+    "load_weights": "visionstack.models.weights.load",
     # data
     "decode_image": "visionstack.data.decode",
     "DecodePolicy": "visionstack.data.decode",
     "build_dataset": "visionstack.data.loader",
     "build_loader": "visionstack.data.loader",
-    # engine
+    # engine and tools
     "OptimWrapper": "visionstack.engine.optim_wrapper",
     "Trainer": "visionstack.engine.trainer",
-    "predict_paths": "visionstack.engine.inference",
-    "load_checkpoint_model": "visionstack.engine.inference",
-    "export_model": "visionstack.engine.export",
+    "predict_paths": "visionstack.tools.predict",
+    "load_checkpoint_model": "visionstack.tools.predict",
+    "export_model": "visionstack.tools.export",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -73,20 +74,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from visionstack.config import dump_config, load_config
-    from visionstack.data.decode import DecodePolicy, decode_image
-    from visionstack.data.loader import build_dataset, build_loader
-    from visionstack.engine.export import export_model
-    from visionstack.engine.inference import load_checkpoint_model, predict_paths
-    from visionstack.engine.optim_wrapper import OptimWrapper
-    from visionstack.engine.trainer import Trainer
-    from visionstack.errors import CheckpointError, ConfigError, DataError, UnknownNameError
-    from visionstack.models.builder import build_model, build_part
-    from visionstack.models.classifier import ImageClassifier
-    from visionstack.models.factory import create_model
-    from visionstack.models.features import FeatureInfo
-    from visionstack.models.weights import load_weights
-    from visionstack.registry import (
+    from visionstack.core.build import build_part
+    from visionstack.core.config import dump_config, load_config
+    from visionstack.core.registry import (
         BACKBONES,
         DATASETS,
         ENCODERS,
@@ -96,6 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover
         METRICS,
         NECKS,
         OPTIMIZERS,
+        SAMPLERS,
         SCHEDULERS,
         TRANSFORMS,
         Registry,
@@ -103,3 +94,14 @@ if TYPE_CHECKING:  # pragma: no cover
         register,
         registry_for,
     )
+    from visionstack.data.decode import DecodePolicy, decode_image
+    from visionstack.data.loader import build_dataset, build_loader
+    from visionstack.engine.optim_wrapper import OptimWrapper
+    from visionstack.engine.trainer import Trainer
+    from visionstack.errors import CheckpointError, ConfigError, DataError, UnknownNameError
+    from visionstack.models.build import build_model, create_model
+    from visionstack.models.classifier import ImageClassifier
+    from visionstack.models.features.layout import FeatureInfo
+    from visionstack.models.weights.load import load_weights
+    from visionstack.tools.export import export_model
+    from visionstack.tools.predict import load_checkpoint_model, predict_paths

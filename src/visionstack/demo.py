@@ -29,8 +29,8 @@ def evaluate_checkpoint(path: Path, device: str = "cpu") -> tuple[dict[str, floa
     """Top-k accuracy of a checkpoint on its config's held-out split (``data.val``), with the val transforms."""
     from visionstack.data.loader import loader_from_data_cfg
     from visionstack.data.transforms import transforms_from_data_cfg
-    from visionstack.engine.checkpoint import load_model_for_inference
-    from visionstack.engine.evaluate import Evaluator
+    from visionstack.engine.checkpoint.format import load_model_for_inference
+    from visionstack.engine.evaluation import Evaluator
 
     model, cfg, names = load_model_for_inference(path, device)
     pretrained = getattr(getattr(model, "backbone", model), "pretrained_cfg", None) or {}
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from visionstack.config import load_config
+    from visionstack.core.config import load_config
     from visionstack.engine.trainer import Trainer
 
     console = Console()

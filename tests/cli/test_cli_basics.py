@@ -88,7 +88,7 @@ def test_plugins_register_user_parts(tmp_path: Path) -> None:
     plugin = tmp_path / "my_parts.py"
     plugin.write_text(
         "import visionstack as vs\n"
-        "from visionstack.models.parts import Head\n"
+        "from visionstack.models.parts.base import Head\n"
         "import torch\n"
         "@vs.register('head', 'plugin_zero_head')\n"
         "class ZeroHead(Head):\n"

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from visionstack.config import load_config
+from visionstack.core.build import build_part
+from visionstack.core.config import load_config
+from visionstack.core.registry import HEADS
 from visionstack.errors import ConfigError, UnknownNameError
-from visionstack.models.builder import build_model, build_part
-from visionstack.models.parts import Head
-from visionstack.registry import HEADS
+from visionstack.models.build import build_model
+from visionstack.models.parts.base import Head
 
 
 class ProbeHead(Head):
@@ -36,7 +37,7 @@ class ProbeHead(Head):
 
 
 if "test_probe_head" not in HEADS:
-    HEADS.add("test_probe_head", ProbeHead)
+    HEADS.register("test_probe_head")(ProbeHead)
 
 
 def model_cfg(**head) -> dict:

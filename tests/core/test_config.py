@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from visionstack.config import apply_overrides, dump_config, load_config, merge, parse_override
+from visionstack.core.config import apply_overrides, dump_config, load_config, merge, parse_override
 from visionstack.errors import ConfigError
 
 

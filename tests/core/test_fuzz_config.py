@@ -8,9 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from visionstack.config import load_config
+from visionstack.core.config import load_config
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_model
+from visionstack.models.build import build_model
 
 VALID = {
     "model": {

@@ -27,7 +27,7 @@ def test_train_reload_predict_and_export_through_top_level_names(tmp_path: Path)
     assert class_names == ["class_0", "class_1", "class_2"]
     assert saved_cfg["model"]["backbone"] == "test_tiny"
     paths = sorted(root.glob("class_*/0.png"))
-    from visionstack.engine.inference import eval_transform
+    from visionstack.tools.predict import eval_transform
 
     predictions = vs.predict_paths(
         model, paths, eval_transform(saved_cfg, model), class_names, progress=False

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import visionstack as vs
+from visionstack.core.registry import Registry, normalize
 from visionstack.errors import UnknownNameError
-from visionstack.registry import Registry, normalize
 
 
 def make_registry() -> Registry:
@@ -54,9 +54,9 @@ def test_unknown_name_names_kind_suggests_and_says_how_to_list() -> None:
 def test_duplicate_registration_is_refused_unless_forced() -> None:
     reg = make_registry()
     with pytest.raises(ValueError, match="already registered"):
-        reg.add("gap", object())
+        reg.register("gap")(object())
     other = object()
-    reg.add("gap2", other, aliases=("gap",), force=True)
+    reg.register("gap2", aliases=("gap",), force=True)(other)
     assert reg.get("gap") is other
 
 
@@ -70,8 +70,8 @@ def test_glob_listing_and_aliases() -> None:
 
 def test_resolver_and_lister_for_open_families() -> None:
     reg = make_registry()
-    reg.add_resolver(
-        lambda name: (lambda: name) if name.startswith("zoo/") else None, lambda: ["zoo/a", "zoo/b"]
+    reg.register_family(lambda: ["zoo/a", "zoo/b"])(
+        lambda name: (lambda: name) if name.startswith("zoo/") else None
     )
     assert reg.get("zoo/anything")() == "zoo/anything"
     assert reg.list("zoo/*") == ["zoo/a", "zoo/b"]

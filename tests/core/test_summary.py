@@ -7,7 +7,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 import visionstack as vs
-from visionstack.models.summary import count_params, summarize
+from visionstack.tools.summary import count_params, summarize
 
 
 def test_params_and_flops_match_torchvision_resnet18() -> None:

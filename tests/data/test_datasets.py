@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from tests.data.fakes import cub, image_folder, write_corrupt, write_image
+from visionstack.core.registry import DATASETS
 from visionstack.data.datasets import (
     CsvDataset,
     Cub200Dataset,
@@ -27,7 +28,6 @@ from visionstack.data.datasets import (
 from visionstack.data.decode import DecodeError
 from visionstack.data.transforms import build_val_transforms
 from visionstack.errors import ConfigError, DataError
-from visionstack.registry import DATASETS
 
 
 def rel(ds, root: Path) -> list[tuple[str, int]]:

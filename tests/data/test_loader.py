@@ -19,7 +19,7 @@ from visionstack.data.loader import (
     check_same_classes,
     loader_from_data_cfg,
 )
-from visionstack.data.samplers import ClassBalancedSampler, sampler_config
+from visionstack.data.sampling import ClassBalancedSampler, sampler_config
 from visionstack.errors import ConfigError, DataError
 
 
@@ -385,7 +385,7 @@ def test_sampler_config_errors() -> None:
     with pytest.raises(ConfigError, match="must be a multiple of data.sampler.images_per_class") as info:
         build_loader(ds, 5, sampler={"type": "class_balanced", "images_per_class": 2})
     assert info.value.path == "data.batch_size"
-    with pytest.raises(ConfigError, match=r"unknown sampler 'class_balance'. Did you mean 'class_balanced'"):
+    with pytest.raises(ConfigError, match=r"unknown sampler 'class_balance'. Did you mean: class_balanced"):
         build_loader(ds, 4, sampler={"type": "class_balance"})
     with pytest.raises(ConfigError, match="unknown key") as info:
         build_loader(ds, 4, sampler={"type": "class_balanced", "images_per_klass": 2})

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
+from visionstack.core.registry import TRANSFORMS
 from visionstack.data.transforms import (
     build_train_transforms,
     build_transforms,
@@ -15,7 +16,6 @@ from visionstack.data.transforms import (
     transforms_from_data_cfg,
 )
 from visionstack.errors import ConfigError, UnknownNameError
-from visionstack.registry import TRANSFORMS
 
 
 def image(w: int = 80, h: int = 60, value: int = 128) -> Image.Image:

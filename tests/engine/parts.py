@@ -21,9 +21,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.conftest import TinyBackbone, _register_tiny  # noqa: E402
-from visionstack.models.features import FeatureInfo  # noqa: E402
-from visionstack.models.parts import Loss, logits_of  # noqa: E402
-from visionstack.registry import BACKBONES, LOSSES  # noqa: E402
+from visionstack.core.registry import BACKBONES, LOSSES  # noqa: E402
+from visionstack.models.features.layout import FeatureInfo  # noqa: E402
+from visionstack.models.parts.base import Loss, logits_of  # noqa: E402
 
 
 class TinyNoBN(nn.Module):
@@ -81,7 +81,7 @@ def register() -> None:
         ("test_nan_at", NanAt, LOSSES),
     ):
         if name not in registry:
-            registry.add(name, obj)
+            registry.register(name)(obj)
 
 
 register()

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from visionstack.engine import checkpoint as ck
-from visionstack.engine.checkpointer import Checkpointer
+from visionstack.core.io import atomic_write, save_weights
+from visionstack.engine.checkpoint import format as ck
+from visionstack.engine.checkpoint.policy import Checkpointer
 from visionstack.engine.seeding import capture_rng, restore_rng
 from visionstack.errors import CheckpointError
-from visionstack.models.builder import build_model
+from visionstack.models.build import build_model
 
 CFG = {"model": {"backbone": "test_tiny", "num_classes": 3}, "data": {"image_size": 16}}
 
@@ -31,28 +32,28 @@ def _save(folder, name, model, step=1, extra=None):
 
 def test_atomic_write_keeps_the_old_file_when_the_rename_never_happens(tmp_path, monkeypatch) -> None:
     target = tmp_path / "weights.bin"
-    ck.atomic_write(target, lambda tmp: tmp.write_bytes(b"old"))
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"old"))
 
     def crash(src, dst):  # the process dies between writing the temporary file and the rename
         raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
-        ck.atomic_write(target, lambda tmp: tmp.write_bytes(b"new and longer"))
+        atomic_write(target, lambda tmp: tmp.write_bytes(b"new and longer"))
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]  # no temporary file left behind
 
 
 def test_atomic_write_failure_while_writing(tmp_path) -> None:
     target = tmp_path / "f.txt"
-    ck.atomic_write(target, lambda tmp: tmp.write_text("v1"))
+    atomic_write(target, lambda tmp: tmp.write_text("v1"))
 
     def half(tmp):
         tmp.write_text("v2 partial")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        ck.atomic_write(target, half)
+        atomic_write(target, half)
     assert target.read_text() == "v1" and len(list(tmp_path.iterdir())) == 1
 
 
@@ -137,13 +138,13 @@ def test_pretrained_weight_sources_are_ignored_when_rebuilding(tmp_path) -> None
     meta["config"] = meta["config"].replace(
         '"type": "test_tiny"', '"type": "test_tiny", "weights": "gone.pth"'
     )
-    ck.save_weights(tmp_path / "w.safetensors", model.state_dict(), meta)
+    save_weights(model.state_dict(), tmp_path / "w.safetensors", meta)
     rebuilt, _, _ = ck.load_model_for_inference(tmp_path / "w.safetensors")
     assert torch.equal(rebuilt.head.fc.weight, model.head.fc.weight)
 
 
 def test_plain_safetensors_is_refused_with_a_hint(tmp_path) -> None:
-    ck.save_weights(tmp_path / "plain.safetensors", {"w": torch.zeros(2)}, {})
+    save_weights({"w": torch.zeros(2)}, tmp_path / "plain.safetensors", {})
     with pytest.raises(CheckpointError, match="not a visionstack checkpoint"):
         ck.load_checkpoint(tmp_path / "plain.safetensors")
 
@@ -168,15 +169,15 @@ def test_weights_of_another_model_are_refused(tmp_path) -> None:
     model = _model()
     state = dict(model.state_dict())
     state["head.fc.weight"] = torch.zeros(5, 16)
-    ck.save_weights(tmp_path / "shapes.safetensors", state, ck.weights_metadata(CFG, None))
+    save_weights(state, tmp_path / "shapes.safetensors", ck.weights_metadata(CFG, None))
     with pytest.raises(
         CheckpointError,
         match=r"do not match.*shapes \(file vs model\).*head.fc.weight \(5, 16\) vs \(3, 16\)",
     ):
         ck.load_model_for_inference(tmp_path / "shapes.safetensors")
     state = {k: v for k, v in model.state_dict().items() if k != "head.fc.bias"}
-    ck.save_weights(
-        tmp_path / "keys.safetensors", {**state, "extra": torch.zeros(1)}, ck.weights_metadata(CFG, None)
+    save_weights(
+        {**state, "extra": torch.zeros(1)}, tmp_path / "keys.safetensors", ck.weights_metadata(CFG, None)
     )
     with pytest.raises(CheckpointError, match=r"missing \['head.fc.bias'\]; unexpected \['extra'\]"):
         ck.load_model_for_inference(tmp_path / "keys.safetensors")

@@ -8,9 +8,9 @@ from torch import nn
 
 from tests.engine.conftest import read_csv
 from visionstack.engine.ema import ModelEma, build_ema
-from visionstack.engine.evaluate import Evaluator
-from visionstack.engine.logging import RunLogger
+from visionstack.engine.evaluation import Evaluator
 from visionstack.engine.metrics import ClassificationMetrics
+from visionstack.engine.run_log import RunLogger
 from visionstack.errors import ConfigError
 
 

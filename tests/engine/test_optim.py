@@ -9,7 +9,7 @@ from torch import nn
 from visionstack.engine.optim import build_optim_wrapper, build_optimizer, param_groups
 from visionstack.engine.optim_wrapper import NonFiniteLossError, OptimWrapper
 from visionstack.errors import ConfigError, UnknownNameError
-from visionstack.models.builder import build_model
+from visionstack.models.build import build_model
 
 
 def _model() -> nn.Module:
@@ -191,7 +191,7 @@ def test_nonfinite_gradient_norm_is_caught_with_clipping() -> None:
 
 
 def test_total_loss_of_one_entry_is_that_tensor() -> None:
-    from visionstack.models.parts import total_loss
+    from visionstack.models.parts.base import total_loss
 
     ce = torch.tensor(0.75, requires_grad=True) * 2
     assert total_loss({"loss_ce": ce, "acc": torch.tensor(1.0)}) is ce  # no stack, no sum, no copy

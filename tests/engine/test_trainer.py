@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 
 from tests.engine.conftest import read_csv, run_config
-from visionstack.engine.checkpoint import load_checkpoint, load_model_for_inference
+from visionstack.engine.checkpoint.format import load_checkpoint, load_model_for_inference
 from visionstack.engine.optim_wrapper import NonFiniteLossError
-from visionstack.engine.runner import mix_batch
+from visionstack.engine.setup import mix_batch
 from visionstack.engine.trainer import Trainer
 from visionstack.errors import ConfigError
 
@@ -134,7 +134,7 @@ def test_step_based_run_with_accumulation_and_warmup(image_folder, tmp_path) -> 
 
 
 def test_mixup_soft_targets_and_odd_batches() -> None:
-    from visionstack.engine.runner import build_mixer
+    from visionstack.engine.setup import build_mixer
 
     mixer = build_mixer({"mixup": 1.0, "cutmix": 0.0}, num_classes=3)
     batch = {"image": torch.randn(4, 3, 8, 8), "label": torch.tensor([0, 1, 2, 0])}

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from visionstack.core.registry import BACKBONES
+from visionstack.models.backbones.base import Backbone
 from visionstack.models.backbones.resnet_bc import merge_tiles, split_tiles
-from visionstack.models.features import FeatureInfo, resolve_out_indices
-from visionstack.registry import BACKBONES
+from visionstack.models.features.layout import FeatureInfo
 
 
-class TinyBlockBackbone(nn.Module):
+class TinyBlockBackbone(Backbone):
     """ResNet-like layout (stem stride 2, then strides 1, 2, 2, 2) with tiny widths; stages run on tiles in training.
 
     Levels: 0 stem, 1..4 the stages (as ``resnet50_bc``); ``blocks`` gives the block count of each stage.
@@ -40,13 +41,9 @@ class TinyBlockBackbone(nn.Module):
             for i in range(4)
         )
         self.blocks = list(blocks or [0, 0, 0, 0])
-        self.out_indices = resolve_out_indices(out_indices, 5, features_only)
         reductions = [2, 2, 4, 8, 16]
-        self.feature_info = [FeatureInfo(widths[i], reductions[i], f"level{i}") for i in self.out_indices]
-
-    @property
-    def out_channels(self) -> list[int]:
-        return [f.channels for f in self.feature_info]
+        levels = [FeatureInfo(w, r, f"level{i}") for i, (w, r) in enumerate(zip(widths, reductions))]
+        self.select_levels(levels, out_indices, features_only)
 
     def forward(self, x: torch.Tensor, blocks: Sequence[int] | None = None) -> list[torch.Tensor]:
         counts = list(blocks) if blocks is not None else self.blocks
@@ -63,4 +60,4 @@ class TinyBlockBackbone(nn.Module):
 @pytest.fixture(scope="session", autouse=True)
 def tiny_block_backbone_registered() -> None:
     if "test_tiny_bc" not in BACKBONES:
-        BACKBONES.add("test_tiny_bc", TinyBlockBackbone)
+        BACKBONES.register("test_tiny_bc")(TinyBlockBackbone)

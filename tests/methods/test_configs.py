@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from tests.methods.toy import RecordingOptim, fine_grained_set
-from visionstack.config import load_config
+from visionstack.core.config import load_config
+from visionstack.core.registry import BACKBONES
 from visionstack.engine.optim import build_optim_wrapper
 from visionstack.engine.schedulers import build_scheduler
-from visionstack.models.builder import build_model
-from visionstack.registry import BACKBONES
+from visionstack.models.build import build_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "fgvc"
 # config -> (tiny stand-in backbone, extra logits keys of predict_step)

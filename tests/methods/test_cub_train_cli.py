@@ -46,7 +46,7 @@ def make_fake_cub(
 
 
 def test_fake_cub_tree_loads_as_cub200(tmp_path: Path) -> None:
-    from visionstack.registry import DATASETS
+    from visionstack.core.registry import DATASETS
 
     base = make_fake_cub(tmp_path)
     train = DATASETS.get("cub200")(root=str(tmp_path), split="train")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.methods.toy import accuracy, fine_grained_set, train
-from visionstack.models.builder import build_model
+from visionstack.models.build import build_model
 
 SMALL_NECK = {"type": "multi_scale_conv", "mid_channels": 16, "out_channels": 16}
 SMALL_2FC = {"type": "classifier_2fc", "mid_channels": 32}

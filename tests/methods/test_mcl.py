@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tests.methods.toy import RecordingOptim, fine_grained_set
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_model
+from visionstack.models.build import build_model
 from visionstack.models.methods.mcl import ChannelGrouping, channel_groups, discriminality_logits, diversity
 
 

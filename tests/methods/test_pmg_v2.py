@@ -7,7 +7,7 @@ import torch
 
 from tests.methods.toy import RecordingOptim, fine_grained_set
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_model
+from visionstack.models.build import build_model
 from visionstack.models.methods.pmg_v2 import block_descriptor, category_consistency_loss, same_label_pairs
 
 

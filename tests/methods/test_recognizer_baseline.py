@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.methods.toy import RecordingOptim, fine_grained_set
-from visionstack.models.builder import build_model
-from visionstack.models.heads import CosineHead
+from visionstack.models.build import build_model
+from visionstack.models.parts.heads import CosineHead
 
 
 def _recognizer(**kwargs) -> torch.nn.Module:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics.functional.retrieval import retrieval_average_precision
 
-from visionstack.engine.retrieval import (
+from visionstack.tools.retrieval import (
     average_precision,
     class_means,
     evaluate_embeddings,

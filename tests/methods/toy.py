@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from visionstack.data.samplers import ClassBalancedSampler
+from visionstack.data.sampling import ClassBalancedSampler
 from visionstack.engine.optim_wrapper import OptimWrapper
 
 COLOURS = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0], [1.0, 1.0, -1.0]])

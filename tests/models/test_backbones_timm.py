@@ -8,12 +8,12 @@ import pytest
 import timm
 import torch
 
+from visionstack.core.build import build_part
+from visionstack.core.io import save_weights
+from visionstack.core.registry import BACKBONES, list_models
 from visionstack.errors import ConfigError, UnknownNameError
 from visionstack.models.backbones.timm import TimmBackbone
-from visionstack.models.builder import build_part
 from visionstack.models.classifier import ImageClassifier
-from visionstack.models.weights import save_weights
-from visionstack.registry import BACKBONES, list_models
 
 
 def image(size: int = 64, channels: int = 3) -> torch.Tensor:

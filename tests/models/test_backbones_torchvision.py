@@ -12,13 +12,13 @@ import torchvision
 from torch import nn
 
 import visionstack as vs
+from visionstack.core.build import build_part
+from visionstack.core.registry import BACKBONES
 from visionstack.engine.optim_wrapper import OptimWrapper
 from visionstack.errors import ConfigError, UnknownNameError
-from visionstack.models.adapters import BackboneWithFPN, FeatureDict, backbone_with_fpn
 from visionstack.models.backbones.torchvision import TorchvisionBackbone, torchvision_names
-from visionstack.models.builder import build_part
-from visionstack.models.native import NativeGraphHead, NativePath
-from visionstack.registry import BACKBONES
+from visionstack.models.integrations.detection import BackboneWithFPN, FeatureDict, backbone_with_fpn
+from visionstack.models.parts.native import NativeGraphHead, NativePath
 
 
 def test_import_is_lazy_and_parts_do_not_load_torchvision():

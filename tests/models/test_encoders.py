@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from visionstack.core.build import build_part
+from visionstack.core.registry import ENCODERS
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_model, build_part
-from visionstack.models.encoders import (
+from visionstack.models.build import build_model
+from visionstack.models.parts.encoders import (
     AvgPooling2d,
     BilinearAttentionPool,
     GeneralizedMeanPool,
@@ -16,7 +18,6 @@ from visionstack.models.encoders import (
     GlobalMaxPool,
     MaxPooling2d,
 )
-from visionstack.registry import ENCODERS
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import visionstack as vs
-from visionstack.models.weights import save_weights
+from visionstack.core.io import save_weights
 
 TOL = 1e-5
 

@@ -1,4 +1,4 @@
-"""Level discovery (visionstack.models.discovery) and the multi-scale options of the torchvision backbones."""
+"""Level discovery (visionstack.models.features.discovery) and the multi-scale options of the torchvision backbones."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from visionstack.core.registry import BACKBONES
 from visionstack.models.backbones.torchvision import build_torchvision_model
-from visionstack.models.discovery import Level, discover_stages, from_nchw, modules_through, to_nchw
-from visionstack.registry import BACKBONES
+from visionstack.models.features.discovery import discover_stages, modules_through
+from visionstack.models.features.layout import Level, from_nchw, to_nchw
 
 
 def backbone(name: str, **kwargs):
@@ -283,7 +284,7 @@ def test_frozen_stages_and_norm_eval():
     n = backbone("resnet18", norm_eval=True).train()
     assert all(not m.training for m in n.modules() if isinstance(m, nn.BatchNorm2d))
     assert all(p.requires_grad for p in n.parameters())
-    with pytest.raises(ValueError, match="frozen_stages must be in -1..4"):
+    with pytest.raises(ValueError, match="frozen_stages: must be in -1..4"):
         backbone("resnet18", frozen_stages=5)
 
 

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionstack.core.build import build_part
+from visionstack.core.registry import HEADS
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_model, build_part
-from visionstack.models.heads import (
+from visionstack.models.build import build_model
+from visionstack.models.parts.heads import (
     ACTIVATIONS,
     CosineHead,
     DropLinearHead,
@@ -20,7 +22,6 @@ from visionstack.models.heads import (
     StackedLinearHead,
     TwoLayerHead,
 )
-from visionstack.registry import HEADS
 
 
 @pytest.mark.parametrize(

@@ -8,17 +8,18 @@ import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy as TimmSoftTargetCE
 from torchvision.ops import sigmoid_focal_loss
 
+from visionstack.core.build import build_part
+from visionstack.core.registry import LOSSES
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_model, build_part
-from visionstack.models.losses import (
+from visionstack.models.build import build_model
+from visionstack.models.parts.base import LossSet, total_loss
+from visionstack.models.parts.losses import (
     BinaryCrossEntropyLoss,
     CenterLoss,
     CrossEntropyLoss,
     FocalLoss,
     SoftTargetCrossEntropy,
 )
-from visionstack.models.parts import LossSet, total_loss
-from visionstack.registry import LOSSES
 
 
 @pytest.fixture

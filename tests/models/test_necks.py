@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import FeaturePyramidNetwork
 
+from visionstack.core.registry import NECKS
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_model
-from visionstack.models.necks import FPN, GlobalAveragePoolingNeck, HRFuseScales, MultiScaleConv
-from visionstack.models.parts import total_channels
-from visionstack.registry import NECKS
+from visionstack.models.build import build_model
+from visionstack.models.parts.base import total_channels
+from visionstack.models.parts.necks import FPN, GlobalAveragePoolingNeck, HRFuseScales, MultiScaleConv
 
 
 def pyramid(rng: torch.Generator, widths=(4, 6, 8), size: int = 8, batch: int = 2) -> list[torch.Tensor]:

@@ -14,19 +14,19 @@ from typing import Any
 import pytest
 import torch
 
+from visionstack.core.registry import ENCODERS, HEADS, LOSSES, NECKS
 from visionstack.engine.optim_wrapper import OptimWrapper
-from visionstack.models.builder import build_model
-from visionstack.registry import ENCODERS, HEADS, LOSSES, NECKS
+from visionstack.models.build import build_model
 
 
 def own_parts(registry, module: str) -> list[str]:
     return [n for n in registry.names() if getattr(registry.get(n), "__module__", "") == module]
 
 
-ENCODER_NAMES = own_parts(ENCODERS, "visionstack.models.encoders")
-HEAD_NAMES = own_parts(HEADS, "visionstack.models.heads")
-LOSS_NAMES = own_parts(LOSSES, "visionstack.models.losses")
-NECK_NAMES = own_parts(NECKS, "visionstack.models.necks")
+ENCODER_NAMES = own_parts(ENCODERS, "visionstack.models.parts.encoders")
+HEAD_NAMES = own_parts(HEADS, "visionstack.models.parts.heads")
+LOSS_NAMES = own_parts(LOSSES, "visionstack.models.parts.losses")
+NECK_NAMES = own_parts(NECKS, "visionstack.models.parts.necks")
 
 #: Arguments a part cannot do without (never channel numbers the model already knows).
 REQUIRED: dict[str, dict[str, Any]] = {"stacked_linear": {"mid_channels": [8]}}

@@ -10,6 +10,9 @@ from torch import nn
 from torchvision.models import resnet50
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from visionstack.core.build import build_part
+from visionstack.core.io import save_weights
+from visionstack.core.registry import BACKBONES
 from visionstack.models.backbones.resnet_bc import (
     PMG_V2_BLOCKS,
     ResNet50BC,
@@ -18,9 +21,6 @@ from visionstack.models.backbones.resnet_bc import (
     merge_tiles,
     split_tiles,
 )
-from visionstack.models.builder import build_part
-from visionstack.models.weights import save_weights
-from visionstack.registry import BACKBONES
 
 LEVELS = ["relu", "layer1", "layer2", "layer3", "layer4"]
 

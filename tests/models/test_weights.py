@@ -11,9 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from visionstack.core.io import save_weights
 from visionstack.errors import CheckpointError
-from visionstack.models.pretrained_tags import torchvision_weights_file
-from visionstack.models.weights import WeightsReport, load_weights, read_state_dict, save_weights
+from visionstack.models.weights.io import read_state_dict
+from visionstack.models.weights.load import WeightsReport, load_weights
+from visionstack.models.weights.tags import torchvision_weights_file
 
 
 def small_net(out: int = 5, in_chans: int = 3) -> nn.Module:
@@ -260,7 +262,7 @@ def test_save_weights_is_atomic_and_handles_tied_tensors(tmp_path: Path) -> None
 
 
 def test_logging_reports_mismatches(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("INFO", logger="visionstack.models.weights"):
+    with caplog.at_level("INFO", logger="visionstack.models.weights.load"):
         load_weights(small_net(out=5), randomized(small_net(out=3)))
     assert any(r.levelname == "WARNING" and "shape-mismatched 2" in r.getMessage() for r in caplog.records)
 

@@ -34,7 +34,7 @@ def image_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_model() -> torch.nn.Module:
-    from visionstack.models.builder import build_model
+    from visionstack.models.build import build_model
 
     torch.manual_seed(0)
     return build_model({"backbone": "test_tiny", "num_classes": 3}).eval()

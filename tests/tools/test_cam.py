@@ -10,16 +10,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from visionstack.engine.cam import (
+from visionstack.errors import ConfigError, MissingDependencyError
+from visionstack.models.classifier import ImageClassifier
+from visionstack.models.features.layout import FeatureInfo
+from visionstack.tools.cam import (
     CAM_METHODS,
     CamExplainer,
     find_target_layer,
     make_reshape_transform,
     save_cams,
 )
-from visionstack.errors import ConfigError, MissingDependencyError
-from visionstack.models.classifier import ImageClassifier
-from visionstack.models.features import FeatureInfo
 
 
 class Brightness(nn.Module):
@@ -125,7 +125,7 @@ def test_token_and_channels_last_maps_become_nchw() -> None:
 
 @pytest.mark.parametrize(("encoder", "layer"), [("gap", "output 0"), ("native", "blocks.11.norm1")])
 def test_vit_end_to_end(encoder: str, layer: str) -> None:
-    from visionstack.models.builder import build_model
+    from visionstack.models.build import build_model
 
     torch.manual_seed(0)
     backbone = {"type": "timm/vit_tiny_patch16_224", "img_size": 32}

@@ -14,9 +14,10 @@ from PIL import Image
 
 from tests.tools.conftest import CLASSES, write_images
 from visionstack.cli.main import main
+from visionstack.core.io import save_weights
 from visionstack.data.decode import decode_image
-from visionstack.engine.checkpoint import load_model_for_inference, save_weights, weights_metadata
-from visionstack.engine.inference import collect_images, eval_transform
+from visionstack.engine.checkpoint.format import load_model_for_inference, weights_metadata
+from visionstack.tools.predict import collect_images, eval_transform
 
 
 def _cfg(root: Path) -> dict:
@@ -45,7 +46,7 @@ def _cfg(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
     """A tiny run trained by the Trainer: a run directory with ``best.safetensors``, CSV logs and curves."""
-    from visionstack.config import load_config
+    from visionstack.core.config import load_config
     from visionstack.engine.trainer import Trainer
 
     base = tmp_path_factory.mktemp("run")
@@ -160,7 +161,7 @@ def test_predict_table_and_csv(run, capsys) -> None:
     ("fmt", "name"), [("onnx", "m.onnx"), ("torch-export", "m.pt2"), ("torchscript", "m.ts")]
 )
 def test_export_verb(run, tmp_path, capsys, fmt, name) -> None:
-    from visionstack.engine.export import load_runner
+    from visionstack.tools.export import load_runner
 
     out = tmp_path / name
     assert main(["export", str(run["ckpt"]), "--format", fmt, "--output", str(out)]) == 0
@@ -249,7 +250,7 @@ def foreign(run) -> dict:
         cfg = copy.deepcopy(run["cfg"])
         cfg["model"] = {**cfg_model, "backbone": backbone}
         out[name] = run["base"] / f"{name}.safetensors"
-        save_weights(out[name], state, weights_metadata(cfg, run["names"]))
+        save_weights(state, out[name], weights_metadata(cfg, run["names"]))
     out["not_image"] = run["base"] / "notes.png"
     out["not_image"].write_text("this is text, not a PNG")
     return out

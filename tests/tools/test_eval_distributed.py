@@ -26,8 +26,8 @@ def _evaluate(root: str, rank: int = 0, world: int = 1) -> dict:
     _register_tiny()
     from visionstack.cli.eval import collect_reports
     from visionstack.data.loader import build_dataset, build_loader
-    from visionstack.engine.retrieval import evaluate_embeddings
-    from visionstack.models.builder import build_model
+    from visionstack.models.build import build_model
+    from visionstack.tools.retrieval import evaluate_embeddings
 
     torch.manual_seed(0)
     model = build_model(MODEL).eval()

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from visionstack.engine.export import ExportError, export_model, load_runner
 from visionstack.errors import MissingDependencyError, VisionStackError
+from visionstack.tools.export import ExportError, export_model, load_runner
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_export_errors(tmp_path, tiny_model, monkeypatch) -> None:
 
 
 def test_check_fails_when_export_disagrees(tmp_path, tiny_model, monkeypatch) -> None:
-    import visionstack.engine.export as export
+    import visionstack.tools.export as export
 
     real = export.load_runner
     monkeypatch.setattr(export, "load_runner", lambda path, fmt: lambda x: real(path, fmt)(x) + 1e-3)

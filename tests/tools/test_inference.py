@@ -9,13 +9,13 @@ import torch
 from torchvision.transforms import v2
 
 from visionstack.data.decode import DecodeError, decode_image
-from visionstack.engine.inference import (
+from visionstack.errors import DataError
+from visionstack.tools.predict import (
     collect_images,
     predict_paths,
     predictions_to_csv,
     predictions_to_json,
 )
-from visionstack.errors import DataError
 
 
 def test_collect_images_from_every_kind_of_input(image_root, tmp_path, monkeypatch) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visionstack.engine.reports import (
+from visionstack.tools.reports import (
     ReportMetrics,
     class_order,
     classification_report,

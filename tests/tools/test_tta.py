@@ -8,8 +8,8 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from visionstack.engine.tta import TTAModel, tta_transform
 from visionstack.errors import ConfigError
+from visionstack.tools.tta import TTAModel, tta_transform
 
 
 class Asymmetric(nn.Module):

@@ -17,11 +17,11 @@ import torch
 
 import visionstack as vs
 from tests.models.test_equivalence import reference, save
+from visionstack.core.registry import BACKBONES
 from visionstack.models.backbones.torchvision import build_torchvision_model, torchvision_names
-from visionstack.models.discovery import discover_stages
-from visionstack.models.graph_cut import split_native, trace_model
-from visionstack.models.native import in_units
-from visionstack.registry import BACKBONES
+from visionstack.models.features.discovery import discover_stages
+from visionstack.models.features.graph_cut import split_native, trace_model
+from visionstack.models.parts.native import in_units
 
 pytestmark = pytest.mark.zoo
 

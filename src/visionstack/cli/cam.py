@@ -1,7 +1,7 @@
 """``visionstack cam CHECKPOINT IMAGE... --method gradcam``: class activation map overlays as PNG.
 
 Each overlay has the size of its input image: the whole image is resized to the model's input size (no
-crop), the CAM computed there and resized back. See :mod:`visionstack.engine.cam` for the target layer.
+crop), the CAM computed there and resized back. See :mod:`visionstack.tools.cam` for the target layer.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from visionstack.engine.cam import CAM_METHODS
+    from visionstack.tools.cam import CAM_METHODS
 
     parser.add_argument("checkpoint", help="a checkpoint written by visionstack train")
     parser.add_argument(
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from visionstack.engine.cam import CamExplainer, save_cams
     from visionstack.engine.distributed import default_device
-    from visionstack.engine.inference import (
+    from visionstack.tools.cam import CamExplainer, save_cams
+    from visionstack.tools.predict import (
         collect_images,
         decode_policy_of,
         load_checkpoint_model,

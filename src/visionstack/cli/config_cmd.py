@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionstack.config import dump_config, load_config
+    from visionstack.core.config import dump_config, load_config
 
     cfg = load_config(args.config, args.overrides)
     cfg.pop("_source_", None)

@@ -1,7 +1,7 @@
 """``visionstack eval [CFG] --checkpoint PATH``: top-k, per-class, macro / micro metrics and a confusion matrix.
 
 The model, its class names and (without ``CFG``) the data section come from the checkpoint. Writes
-``metrics.json``, ``per_class.csv`` and ``confusion_matrix.png`` (see :mod:`visionstack.engine.reports`) to
+``metrics.json``, ``per_class.csv`` and ``confusion_matrix.png`` (see :mod:`visionstack.tools.reports`) to
 ``--out`` and prints a summary table. Every ``logits*`` output of the model is scored (e.g. PMG's
 ``logits_concat``); the files describe ``logits`` and ``metrics.json`` lists the others under ``outputs``.
 Models that also return an ``embedding`` (the recognizer) get retrieval metrics (recall@k, mAP, kNN).
@@ -23,7 +23,7 @@ SPLITS = ("val", "test", "train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from visionstack.engine.tta import TTA_MODES
+    from visionstack.tools.tta import TTA_MODES
 
     parser.add_argument(
         "config", nargs="?", default=None, help="run config (optional: the checkpoint carries its own)"
@@ -59,7 +59,8 @@ def resolve_config(
     config: str | None, overrides: Sequence[str], checkpoint_cfg: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The run config: ``config`` with overrides, else the checkpoint's config with overrides."""
-    from visionstack.config import apply_overrides, load_config, validate_config
+    from visionstack.core.config import apply_overrides, load_config
+    from visionstack.core.schema import validate_config
 
     if config is not None:
         return load_config(config, overrides)
@@ -71,7 +72,7 @@ def resolve_config(
 def retrieval_options(eval_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
     """``eval.retrieval``: ``false`` turns retrieval off; a mapping gives :func:`evaluate_embeddings` options
     (``per_class``, ``ks``, ``knn_k``, ``metric``, ``gallery_mode``); default on, with its defaults."""
-    from visionstack.config import check_keys
+    from visionstack.core.build import check_keys
     from visionstack.errors import ConfigError
 
     value = eval_cfg.get("retrieval", True)
@@ -99,8 +100,8 @@ def collect_reports(
     import torch
 
     from visionstack.engine import distributed
-    from visionstack.engine.logging import count_progress
-    from visionstack.engine.reports import ReportMetrics
+    from visionstack.engine.run_log import count_progress
+    from visionstack.tools.reports import ReportMetrics
 
     metrics: dict[str, ReportMetrics] = {}
     embeddings, labels_seen, indices = [], [], []
@@ -143,7 +144,7 @@ def collect_reports(
 def _summary(reports: Mapping[str, Any], retrieval: Mapping[str, float] | None, title: str) -> Any:
     from rich.table import Table
 
-    from visionstack.engine.reports import format_float
+    from visionstack.tools.reports import format_float
 
     keys = list(reports)
     table = Table("metric", *keys, title=title)
@@ -184,10 +185,10 @@ def _evaluate(args: argparse.Namespace, device: Any) -> int:
 
     from visionstack.data.loader import loader_from_data_cfg
     from visionstack.engine import distributed
-    from visionstack.engine.inference import eval_transform, load_checkpoint_model, pretrained_cfg_of
-    from visionstack.engine.logging import progress_enabled
-    from visionstack.engine.tta import TTAModel, check_mode, tta_transform
+    from visionstack.engine.run_log import progress_enabled
     from visionstack.errors import ConfigError, DataError
+    from visionstack.tools.predict import eval_transform, load_checkpoint_model, pretrained_cfg_of
+    from visionstack.tools.tta import TTAModel, check_mode, tta_transform
 
     world, rank = distributed.get_world_size(), distributed.get_rank()
     model, ckpt_cfg, names = load_checkpoint_model(args.checkpoint, device)
@@ -220,7 +221,7 @@ def _evaluate(args: argparse.Namespace, device: Any) -> int:
     retrieval = None
     options = retrieval_options(eval_cfg)
     if embedded is not None and options is not None:
-        from visionstack.engine.retrieval import evaluate_embeddings
+        from visionstack.tools.retrieval import evaluate_embeddings
 
         retrieval = evaluate_embeddings(*embedded, **options)
     if rank != 0:

@@ -10,7 +10,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from visionstack.engine.export import FORMATS
+    from visionstack.tools.export import FORMATS
 
     parser.add_argument("checkpoint", help="a checkpoint written by visionstack train")
     parser.add_argument("--format", choices=tuple(FORMATS), default="onnx")
@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionstack.engine.export import default_path, export_model
-    from visionstack.engine.inference import input_size_of, load_checkpoint_model
+    from visionstack.tools.export import default_path, export_model
+    from visionstack.tools.predict import input_size_of, load_checkpoint_model
 
     model, cfg, _ = load_checkpoint_model(args.checkpoint, "cpu")
     size = input_size_of(cfg, model, args.input_size)

@@ -30,8 +30,8 @@ def build_target(args: argparse.Namespace):
     """The model and its input size from a config path or a model name."""
     target = Path(args.target)
     if target.suffix.lower() in (".yaml", ".yml", ".json") or target.is_file():
-        from visionstack.config import load_config
-        from visionstack.models.builder import build_model
+        from visionstack.core.config import load_config
+        from visionstack.models.build import build_model
 
         cfg = load_config(target, args.overrides)
         model_cfg = dict(cfg["model"])
@@ -41,7 +41,7 @@ def build_target(args: argparse.Namespace):
             model_cfg["num_classes"] = 1000
         size = args.input_size or (cfg.get("data") or {}).get("image_size")
         return build_model(model_cfg), size
-    from visionstack.models.factory import create_model
+    from visionstack.models.build import create_model
 
     model = create_model(args.target, num_classes=args.num_classes, features_only=args.features_only)
     return model, args.input_size
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from visionstack.models.summary import summarize
+    from visionstack.tools.summary import summarize
 
     model, size = build_target(args)
     backbone = getattr(model, "backbone", model)

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from visionstack.registry import REGISTRIES, registry_for
+    from visionstack.core.registry import REGISTRIES, registry_for
 
     console = Console()
     if args.kind is None:

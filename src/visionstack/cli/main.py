@@ -52,7 +52,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from visionstack import __version__
+    from visionstack.core.version import __version__
 
     return f"visionstack {__version__}"
 

@@ -1,7 +1,7 @@
 """``visionstack plot RUN_DIR``: redraw a run's curves (loss, learning rate, accuracy) from its CSV files.
 
 Reads ``train_log.csv`` (per step) and ``metrics.csv`` (per epoch) that training writes and draws them with
-the same function training uses (:func:`visionstack.engine.logging.plot_curves`) into ``curves.png``.
+the same function training uses (:func:`visionstack.engine.run_log.plot_curves`) into ``curves.png``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def read_rows(path: Path, required: str) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionstack.engine.logging import plot_curves
+    from visionstack.engine.run_log import plot_curves
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from visionstack.engine.distributed import default_device
-    from visionstack.engine.inference import (
+    from visionstack.engine.run_log import progress_enabled
+    from visionstack.errors import ConfigError
+    from visionstack.tools.predict import (
         collect_images,
         decode_policy_of,
         eval_transform,
@@ -53,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
         predictions_to_csv,
         predictions_to_json,
     )
-    from visionstack.engine.logging import progress_enabled
-    from visionstack.errors import ConfigError
 
     for flag, value in (("--topk", args.topk), ("--batch-size", args.batch_size)):
         if value < 1:

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionstack.config import load_config
+    from visionstack.core.config import load_config
     from visionstack.engine import distributed
     from visionstack.engine.trainer import Trainer
 

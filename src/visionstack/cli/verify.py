@@ -44,7 +44,7 @@ def _folder_files(folder: str) -> list[str]:
 
 
 def _config_files(args: argparse.Namespace) -> tuple[dict[str, list[str]], dict]:
-    from visionstack.config import load_config
+    from visionstack.core.config import load_config
     from visionstack.data.datasets import index_only
     from visionstack.data.decode import DecodePolicy
     from visionstack.data.loader import SPLITS, build_dataset

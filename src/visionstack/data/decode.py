@@ -102,7 +102,7 @@ class DecodePolicy:
         if not isinstance(cfg, Mapping):
             raise ConfigError("decode", f"expected a mapping, got {type(cfg).__name__} ({cfg!r})")
         allowed = {f.name for f in fields(cls)}
-        from visionstack.config import check_keys
+        from visionstack.core.build import check_keys
 
         check_keys(cfg, allowed, "decode")
         return cls(**dict(cfg))

@@ -33,115 +33,24 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from visionstack.core.build import check_part, config_path
+from visionstack.core.registry import DATASETS
 from visionstack.data.datasets.base import ImageDataset, seeded_rng
 from visionstack.data.decode import DecodePolicy
+from visionstack.data.sampling import ResumableSampler, build_sampler
 from visionstack.data.transforms import transforms_from_data_cfg
 from visionstack.errors import ConfigError, DataError
-from visionstack.models.builder import check_part, config_path
-from visionstack.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
-_MASK64 = (1 << 64) - 1
-
-
-def _mix64(x: int) -> int:
-    """splitmix64 finalizer: a cheap, well-spread 64-bit hash."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample ``index`` in ``epoch`` (a 63-bit integer)."""
-    return _mix64(_mix64(_mix64(seed & _MASK64) ^ epoch) ^ index) >> 1
-
-
-class ResumableSampler(DistributedSampler):
-    """A (distributed) sampler whose epoch order depends only on ``(seed, epoch)`` and that can skip ahead.
-
-    Without ``distributed`` it is a one-replica sampler (``num_replicas=1, rank=0``). See the module docstring.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        shuffle: bool = True,
-        seed: int = 0,
-        distributed: bool = False,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        pad: bool = True,
-        seed_per_sample: bool = True,
-    ) -> None:
-        if not distributed:
-            num_replicas, rank = (1 if num_replicas is None else num_replicas), (0 if rank is None else rank)
-        super().__init__(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
-        )
-        self.pad = pad
-        self.seed_per_sample = seed_per_sample
-        self._skip = 0
-        self._skip_epoch: int | None = None
-
-    def epoch_indices(self) -> list[int]:
-        """This rank's indices for the current epoch, before any skip."""
-        n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
-        if self.pad:
-            padding = self.total_size - n
-            if padding > 0:
-                order += (order * math.ceil(padding / n))[:padding]
-            return order[self.rank : self.total_size : self.num_replicas]
-        return order[self.rank :: self.num_replicas]
-
-    def _rank_count(self) -> int:
-        return self.num_samples if self.pad else len(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (call before iterating); a pending skip for another epoch is cleared."""
-        super().set_epoch(epoch)
-        if self._skip_epoch != epoch:
-            self._skip, self._skip_epoch = 0, None
-
-    def skip(self, n_samples: int) -> None:
-        """Leave out the first ``n_samples`` of this rank's order in the current epoch (a resume point)."""
-        total = self._rank_count()
-        if not 0 <= n_samples <= total:
-            raise ValueError(f"skip({n_samples}): this rank has {total} samples per epoch")
-        self._skip, self._skip_epoch = int(n_samples), self.epoch
-
-    @property
-    def skipped(self) -> int:
-        """Samples skipped in the current epoch."""
-        return self._skip if self._skip_epoch == self.epoch else 0
-
-    def __iter__(self) -> Iterator[Any]:
-        indices = self.epoch_indices()[self.skipped :]
-        if not self.seed_per_sample:
-            return iter(indices)
-        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
-
-    def __len__(self) -> int:
-        return self._rank_count() - self.skipped
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.epoch), "seed": int(self.seed), "skipped": self.skipped}
 
 
 class IndexedDataset(Dataset):
@@ -218,15 +127,13 @@ def build_loader(
     ``distributed`` shards across ``num_replicas`` ranks (default: the initialized process group);
     ``pad=False`` gives uneven shards without duplicated samples (evaluation). ``sampler`` is a
     ``data.sampler`` config (e.g. ``{type: class_balanced, images_per_class: 2}``, see
-    :mod:`visionstack.data.samplers`); it replaces the default shuffle, so ``shuffle`` and ``pad`` do not apply.
+    :mod:`visionstack.data.sampling`); it replaces the default shuffle, so ``shuffle`` and ``pad`` do not apply.
     """
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ConfigError("data.batch_size", f"expected a positive integer, got {batch_size!r}")
     if seed_per_sample and not isinstance(dataset, (ImageDataset, IndexedDataset)):
         dataset = IndexedDataset(dataset)
     if sampler is not None:
-        from visionstack.data.samplers import build_sampler  # samplers.py builds on ResumableSampler
-
         chosen = build_sampler(
             sampler, dataset, batch_size, seed, distributed, num_replicas, rank, seed_per_sample
         )

@@ -30,10 +30,9 @@ from typing import Any
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from visionstack.config import check_keys, closest
+from visionstack.core.build import build_part, check_keys, closest, config_path
+from visionstack.core.registry import TRANSFORMS
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_part, config_path
-from visionstack.registry import TRANSFORMS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +46,7 @@ def _register_torchvision() -> None:
     for name in sorted(dir(v2)):
         obj = getattr(v2, name)
         if inspect.isclass(obj) and issubclass(obj, v2.Transform) and name not in _EXCLUDED:
-            TRANSFORMS.add(name, obj)  # re-adding the same class is a no-op
+            TRANSFORMS.register(name)(obj)  # re-adding the same class is a no-op
 
 
 _register_torchvision()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from visionstack.registry import METRICS
+from visionstack.core.registry import METRICS
 
 
 @METRICS.register("accuracy", aliases=("topk", "topk_accuracy", "top_k_accuracy"))

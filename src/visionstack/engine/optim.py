@@ -28,16 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionstack.config import closest
+from visionstack.core.build import build_part, closest
+from visionstack.core.registry import OPTIMIZERS, normalize
 from visionstack.engine.optim_wrapper import NONFINITE_POLICIES, OptimWrapper
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_part
-from visionstack.registry import OPTIMIZERS, normalize
 
-OPTIMIZERS.add("sgd", torch.optim.SGD, aliases=("SGD", "momentum_sgd"))
-OPTIMIZERS.add("adamw", torch.optim.AdamW, aliases=("AdamW",))
-OPTIMIZERS.add("adam", torch.optim.Adam, aliases=("Adam",))
-OPTIMIZERS.add("rmsprop", torch.optim.RMSprop, aliases=("RMSprop",))
+OPTIMIZERS.register("sgd", aliases=("SGD", "momentum_sgd"))(torch.optim.SGD)
+OPTIMIZERS.register("adamw", aliases=("AdamW",))(torch.optim.AdamW)
+OPTIMIZERS.register("adam", aliases=("Adam",))(torch.optim.Adam)
+OPTIMIZERS.register("rmsprop", aliases=("RMSprop",))(torch.optim.RMSprop)
 
 #: keys of ``train.optimizer`` consumed here rather than passed to the optimizer
 GROUP_KEYS = ("lr_mult", "no_decay")
@@ -64,14 +63,12 @@ def _timm_builder(name: str):
     return build_timm_optimizer
 
 
+@OPTIMIZERS.register_family(lambda: [f"timm/{n}" for n in _timm_names()])
 def _resolve_timm(name: str) -> Any:
     bare = name[5:] if name.lower().startswith("timm/") else name
     by_key = {normalize(n): n for n in _timm_names()}
     found = by_key.get(normalize(bare))
     return _timm_builder(found) if found is not None else None
-
-
-OPTIMIZERS.add_resolver(_resolve_timm, lambda: [f"timm/{n}" for n in _timm_names()])
 
 
 # -- parameter groups ----------------------------------------------------------------------------------

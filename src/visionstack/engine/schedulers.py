@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import torch
 
+from visionstack.core.build import build_part
+from visionstack.core.registry import SCHEDULERS
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_part
-from visionstack.registry import SCHEDULERS
 
 #: keys of ``train.scheduler`` read by :func:`build_scheduler` rather than by the schedule itself
 COMMON_KEYS = ("interval", "warmup_epochs", "warmup_steps", "warmup", "warmup_factor")

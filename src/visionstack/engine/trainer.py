@@ -1,6 +1,6 @@
 """The Trainer: one loop for every model; ``model.train_step(batch, optim)`` does the method's update.
 
-``Trainer(cfg).fit()`` trains from a resolved run config (:func:`visionstack.config.load_config`). The
+``Trainer(cfg).fit()`` trains from a resolved run config (:func:`visionstack.core.config.load_config`). The
 ``train`` section: ``epochs`` or ``steps`` (batches), ``optimizer``, ``scheduler``, ``amp``, ``grad_accum``,
 ``clip_grad``, ``ema``, ``channels_last``, ``compile``, ``mixup`` / ``cutmix`` / ``mix_prob``, ``seed``,
 ``deterministic``, ``checkpoint``, ``nonfinite`` (``stop`` | ``skip``), ``log_interval``, ``progress``,
@@ -18,22 +18,24 @@ from typing import Any
 
 import torch
 
-from visionstack.config import validate_config
+from visionstack.core.schema import validate_config
 from visionstack.engine import distributed
-from visionstack.engine.checkpoint import (
+from visionstack.engine.checkpoint.format import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
     weights_metadata,
 )
-from visionstack.engine.checkpointer import Checkpointer
+from visionstack.engine.checkpoint.policy import Checkpointer
 from visionstack.engine.ema import build_ema
-from visionstack.engine.evaluate import Evaluator
-from visionstack.engine.logging import EpochProgress, RunLogger, progress_enabled
+from visionstack.engine.evaluation import Evaluator
 from visionstack.engine.metrics import RunningSums
 from visionstack.engine.optim import build_optim_wrapper
 from visionstack.engine.optim_wrapper import NonFiniteLossError
-from visionstack.engine.runner import (
+from visionstack.engine.run_log import EpochProgress, RunLogger, progress_enabled
+from visionstack.engine.schedulers import build_scheduler
+from visionstack.engine.seeding import capture_rng, restore_rng, seed_everything, set_deterministic
+from visionstack.engine.setup import (
     build_data,
     build_mixer,
     eval_interval,
@@ -46,8 +48,6 @@ from visionstack.engine.runner import (
     set_transforms,
     write_run_files,
 )
-from visionstack.engine.schedulers import build_scheduler
-from visionstack.engine.seeding import capture_rng, restore_rng, seed_everything, set_deterministic
 from visionstack.errors import CheckpointError
 
 
@@ -95,7 +95,7 @@ class Trainer:
         self.data = build_data(data_cfg, self.seed, self.world > 1)
         self.class_names = self.data.class_names
         self.cfg["model"] = model_config_with_classes(self.cfg.get("model") or {}, len(self.class_names))
-        from visionstack.models.builder import build_model
+        from visionstack.models.build import build_model
 
         self.model = build_model(self.cfg["model"])
         self.num_classes = int(getattr(self.model, "num_classes", len(self.class_names)))

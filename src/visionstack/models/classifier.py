@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionstack.core.build import build_part, current_path
+from visionstack.core.registry import BACKBONES, ENCODERS, HEADS, LOSSES, METHODS, NECKS
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_part, current_path
-from visionstack.models.parts import LossSet, as_list, single, total_channels, total_loss
-from visionstack.registry import BACKBONES, ENCODERS, HEADS, LOSSES, METHODS, NECKS
+from visionstack.models.parts.base import LossSet, as_list, single, total_channels, total_loss
 
 PartCfg = str | Mapping[str, Any] | nn.Module | None
 STAGES = ("backbone", "neck", "encoder", "pre_logits", "logits")

@@ -30,10 +30,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
+from visionstack.core.build import current_path
 from visionstack.data.decode import DecodePolicy, check_files
 from visionstack.data.transforms import draws_torch_rng_only
 from visionstack.errors import ConfigError, DataError
-from visionstack.models.builder import current_path
 
 Sample = tuple[str, int]
 _INDEX_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("visionstack_index_only", default=False)

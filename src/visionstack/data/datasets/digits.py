@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from visionstack.core.registry import DATASETS
 from visionstack.data.datasets.base import ImageDataset, check_split, read_rows
 from visionstack.errors import DataError
-from visionstack.registry import DATASETS
 
 FORMAT_VERSION = "visionstack-digits-1"
 SPLIT_SEED = 0

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visionstack.config import closest
+from visionstack.core.build import closest, current_path
+from visionstack.core.registry import DATASETS
 from visionstack.data.datasets.base import (
     ImageDataset,
     check_split,
@@ -26,8 +27,6 @@ from visionstack.data.datasets.base import (
     unique_map,
 )
 from visionstack.errors import ConfigError, DataError
-from visionstack.models.builder import current_path
-from visionstack.registry import DATASETS
 
 
 def _id_key(value: str) -> tuple[int, str]:

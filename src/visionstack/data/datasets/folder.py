@@ -7,11 +7,11 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from visionstack.config import closest
+from visionstack.core.build import closest
+from visionstack.core.registry import DATASETS
 from visionstack.data.datasets.base import ImageDataset, existing_root, read_rows, require_file
 from visionstack.data.decode import IMAGE_EXTENSIONS, is_image_file
 from visionstack.errors import DataError
-from visionstack.registry import DATASETS
 
 
 def scan_class_folders(

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from visionstack.models.features import Backbone, FeatureInfo, resolve_out_indices
-from visionstack.models.weights import WeightsReport, load_weights
-from visionstack.registry import BACKBONES
+from visionstack.core.registry import BACKBONES
+from visionstack.models.backbones.base import Backbone
+from visionstack.models.features.layout import FeatureInfo
+from visionstack.models.weights.load import WeightsReport, load_weights
 
 __all__ = ["PMG_V2_BLOCKS", "ResNet101BC", "ResNet50BC", "ResNetBC", "merge_tiles", "split_tiles"]
 
@@ -109,20 +110,20 @@ class ResNetBC(Backbone, ResNet):
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         del self.fc, self.avgpool  # the classifier lives in the head
         self.blocks = self._check_blocks(blocks)
-        self.out_indices = resolve_out_indices(out_indices, 5, features_only)
         stride = output_stride or 32
         reductions = [2, 4, min(8, stride), min(16, stride), min(32, stride)]
         widths = [64, 256, 512, 1024, 2048]
         names = ("relu", *_STAGES)
-        self.feature_info = [FeatureInfo(widths[i], reductions[i], names[i]) for i in self.out_indices]
+        levels = [FeatureInfo(w, r, n) for w, r, n in zip(widths, reductions, names)]
+        self.select_levels(levels, out_indices, features_only)
         self.last_level = max(self.out_indices)
         for k in range(self.last_level + 1, 5):
             setattr(self, _STAGES[k - 1], None)
-        if not -1 <= frozen_stages <= self.last_level:
-            raise ValueError(f"frozen_stages must be in -1..{self.last_level}, got {frozen_stages}")
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self._freeze()
+        self.norm_eval = bool(norm_eval)
+        if self.check_frozen_stages(frozen_stages, self.last_level + 1) >= 0:
+            stem: list[nn.Module] = [self.conv1, self.bn1]
+            frozen = stem + [getattr(self, _STAGES[k]) for k in range(frozen_stages)]
+            self.freeze(frozen)
         self.weights_report: WeightsReport | None = None
         if weights:
             self.weights_report = load_weights(
@@ -146,31 +147,10 @@ class ResNetBC(Backbone, ResNet):
         finally:
             self.blocks = previous
 
-    def _frozen_modules(self) -> list[nn.Module]:
-        stem: list[nn.Module] = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
-        return stem + [getattr(self, _STAGES[k]) for k in range(max(self.frozen_stages, 0))]
-
-    def _freeze(self) -> None:
-        for module in self._frozen_modules():
-            module.eval()
-            for p in module.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> ResNetBC:
-        super().train(mode)
-        if mode:
-            for module in self._frozen_modules():
-                module.eval()
-            if self.norm_eval:
-                for m in self.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.eval()
-        return self
-
     # -- native classification path (torchvision's avgpool + fc) --------------------------------------
     def native_encoder(self) -> nn.Module:
         """torchvision ResNet's own pooling: global average of the last map."""
-        from visionstack.models.encoders import GlobalAvgPool
+        from visionstack.models.parts.encoders import GlobalAvgPool
 
         if self.out_indices != [4]:
             raise ValueError("the native encoder reads layer4 only: leave out_indices unset")
@@ -178,7 +158,7 @@ class ResNetBC(Backbone, ResNet):
 
     def native_head(self, num_classes: int) -> nn.Module:
         """A linear classifier; ``fc`` of the loaded weights file when it has ``num_classes`` rows."""
-        from visionstack.models.heads import LinearHead
+        from visionstack.models.parts.heads import LinearHead
 
         head = LinearHead(2048, num_classes)
         unused = self.weights_report.unused if self.weights_report is not None else {}

@@ -7,7 +7,7 @@ grids are reshaped and their prefix (class / register) tokens dropped, or return
 is the model's ``forward_features`` output (last stage plus the model's own final conv / norm), as NCHW.
 
 The model is never downloaded: it is built with ``pretrained=False`` and ``weights`` (a file, or a timm
-tag found in the local cache) go through :func:`visionstack.models.weights.load_weights`.
+tag found in the local cache) go through :func:`visionstack.models.weights.load.load_weights`.
 ``pretrained_cfg`` (input size, mean, std, interpolation, crop_pct) is exposed for data transforms.
 ``native_encoder()`` / ``native_head(num_classes)`` give the model's own pooling + pre-logits path and
 classifier, so a classifier built from them reproduces timm's logits (both, and the reading of the
@@ -24,16 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionstack.models.backbones import bind_model_name
-from visionstack.models.backbones.timm_native import (
-    TimmNativeEncoder,
-    TimmNativeHead,
-    probe_final_features,
-    to_nchw,
-)
-from visionstack.models.features import Backbone, FeatureInfo, resolve_out_indices
-from visionstack.models.weights import WeightsReport, load_weights
-from visionstack.registry import BACKBONES
+from visionstack.core.registry import BACKBONES
+from visionstack.models.backbones.base import Backbone, bind_model_name
+from visionstack.models.backbones.timm_native import TimmNativeEncoder, TimmNativeHead, probe_final_features
+from visionstack.models.features.layout import FeatureInfo, to_nchw
+from visionstack.models.weights.load import WeightsReport, load_weights
 
 __all__ = ["TimmBackbone", "TimmNativeEncoder", "TimmNativeHead", "timm_backbone_names"]
 
@@ -103,14 +98,13 @@ class TimmBackbone(Backbone):
         self._unused_weights: dict[str, torch.Tensor] = {}
         if self.final_features:
             self.out_indices = [len(self.levels) - 1]
-            self.final = probe_final_features(self.model, self.pretrained_cfg["input_size"], self.levels[-1])
-            self.num_prefix_tokens = self.final.num_prefix
-            self.feature_info = [
-                FeatureInfo(self.final.channels, self.levels[-1].reduction, "forward_features")
-            ]
+            self.final, self.final_parts = probe_final_features(
+                self.model, self.pretrained_cfg["input_size"], self.levels[-1]
+            )
+            self.num_prefix_tokens = self.final.num_prefix_tokens
+            self.feature_info = [self.final.info]
         else:
-            self.out_indices = resolve_out_indices(out_indices, len(self.levels), features_only)
-            self.feature_info = [self.levels[i] for i in self.out_indices]
+            self.select_levels(self.levels, out_indices, features_only)
             self._load(weights, strict)  # before pruning: a pruned model would report its own gaps
             weights = None
             if hasattr(self.model, "prune_intermediate_layers"):
@@ -128,8 +122,8 @@ class TimmBackbone(Backbone):
         ):
             raise ValueError(f"timm model {model_name!r} cannot return prefix tokens of intermediate levels")
         self._stop_early = "stop_early" in fi_params
+        self.norm_eval = bool(norm_eval)
         self._freeze_to(frozen_stages)
-        self.norm_eval = norm_eval
 
     # -- construction helpers -------------------------------------------------------------------------
     def _load(self, weights: str | None, strict: bool) -> None:
@@ -143,27 +137,25 @@ class TimmBackbone(Backbone):
         self.weights_report = report
 
     def _freeze_to(self, frozen_stages: int) -> None:
-        """Freeze every parameter registered up to the end of level ``frozen_stages``."""
-        if not -1 <= frozen_stages < len(self.levels):
-            raise ValueError(f"frozen_stages must be in -1..{len(self.levels) - 1}, got {frozen_stages}")
-        self.frozen_stages = frozen_stages
-        self._frozen: list[nn.Module] = []
-        if frozen_stages < 0:
+        """Freeze every module registered up to the end of level ``frozen_stages`` (and the own parameters
+        of the modules enclosing it: a ViT's class token and position embedding)."""
+        if self.check_frozen_stages(frozen_stages, len(self.levels)) < 0:
             return
-        names = [n for n, _ in self.model.named_modules()]
+        modules = list(self.model.named_modules())
+        names = [n for n, _ in modules]
         target = self.levels[frozen_stages].name
         if target not in names:
             raise ValueError(f"cannot freeze: level module {target!r} is not in {self.model_name}")
         start = names.index(target)
         end = max([i for i, n in enumerate(names) if n.startswith(target + ".")], default=start)
-        modules = dict(self.model.named_modules())
-        for name in names[: end + 1]:
-            module = modules[name]
-            for p in module.parameters(recurse=False):
-                p.requires_grad_(False)
-            if name and all(not p.requires_grad for p in module.parameters()):
-                self._frozen.append(module)
-        self.train(self.training)
+        last: dict[str, int] = {}  # module -> position of its last descendant (named_modules is pre-order)
+        for i, n in enumerate(names):
+            parts = n.split(".") if n else []
+            for depth in range(len(parts) + 1):
+                last[".".join(parts[:depth])] = i
+        whole = [m for n, m in modules[: end + 1] if last[n] <= end]
+        enclosing = [m for n, m in modules[: end + 1] if last[n] > end]
+        self.freeze(whole, [p for m in enclosing for p in m.parameters(recurse=False)])
 
     # -- interface ------------------------------------------------------------------------------------
     @property
@@ -175,17 +167,6 @@ class TimmBackbone(Backbone):
             hw = (size, size) if size is not None else tuple(cfg["input_size"])[1:]
             cfg["input_size"] = (self.in_chans, *hw)
         return cfg
-
-    def train(self, mode: bool = True) -> TimmBackbone:
-        super().train(mode)
-        if mode:
-            for module in getattr(self, "_frozen", []):
-                module.eval()
-            if getattr(self, "norm_eval", False):
-                for m in self.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Images ``[B, C, H, W]`` -> NCHW maps of the selected levels (then prefix tokens, if asked)."""
@@ -209,11 +190,9 @@ class TimmBackbone(Backbone):
 
     def _final(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.model.forward_features(x)
-        if self.final.parts > 1:
+        if self.final_parts > 1:
             feats = feats[-1]
-        fmap, prefix = to_nchw(
-            feats, self.final.layout, x.shape[-2:], self.final.num_prefix, self.feature_info[0].reduction
-        )
+        fmap, prefix = to_nchw(feats, self.final, x.shape[-2:])
         return [fmap, prefix] if prefix is not None and (self.return_prefix_tokens or self.native) else [fmap]
 
     # -- native classification path -------------------------------------------------------------------
@@ -224,13 +203,13 @@ class TimmBackbone(Backbone):
                 "the native encoder needs the model's final features: leave out_indices and "
                 "features_only unset"
             )
-        if self.final.parts > 1:
+        if self.final_parts > 1:
             raise ValueError(
-                f"timm/{self.model_name}'s forward_features returns {self.final.parts} tensors, which one "
+                f"timm/{self.model_name}'s forward_features returns {self.final_parts} tensors, which one "
                 "map cannot carry; use a pooling encoder (e.g. gap) instead of native"
             )
         self.native = True  # prefix (class) tokens travel after the map
-        return TimmNativeEncoder(self)
+        return TimmNativeEncoder(self.model, self.final)
 
     def native_head(self, num_classes: int) -> TimmNativeHead:
         """timm's own classifier for ``num_classes``, with the weights file's classifier when it fits."""
@@ -283,6 +262,7 @@ def _builder(model_name: str):
     return bind_model_name(TimmBackbone, model_name, PREFIX + model_name)
 
 
+@BACKBONES.register_family(timm_backbone_names)
 def _resolve(name: str):
     if not name.lower().startswith(PREFIX):
         return None
@@ -293,6 +273,3 @@ def _resolve(name: str):
         if not _timm().is_model(base):
             return None
     return _builder(base + dot + tag)
-
-
-BACKBONES.add_resolver(_resolve, lambda: list(timm_backbone_names()))

@@ -1,7 +1,7 @@
 """Every torchvision classification model as a backbone, under its torchvision name (``resnet50``, ``vit_b_16``).
 
-The levels come from :func:`visionstack.models.discovery.discover_stages` (no per-model tables) and the
-maps from an fx graph of the model (:mod:`visionstack.models.graph_cut`) that computes exactly the selected
+The levels come from :func:`visionstack.models.features.discovery.discover_stages` (no per-model tables) and the
+maps from an fx graph of the model (:mod:`visionstack.models.features.graph_cut`) that computes exactly the selected
 levels and stops after the deepest one -- no hooks, no classifier; the discovered stages run eagerly
 inside it, so hooks on ``layer4[-1]`` still fire.
 Swin's NHWC maps are permuted and ViT's tokens reshaped to NCHW grids (class token dropped, or returned
@@ -9,11 +9,11 @@ after the maps with ``return_prefix_tokens``).
 
 Without ``features_only`` and ``out_indices`` (a classifier's backbone) the one map is the last level, and
 the model's own pooling / pre-logits path and final classifier are kept for the ``native`` encoder and head
-(:mod:`visionstack.models.native`), so ``create_model(name)`` reproduces torchvision's logits.
+(:mod:`visionstack.models.parts.native`), so ``create_model(name)`` reproduces torchvision's logits.
 
 The model is always built with ``weights=None`` (nothing is downloaded); ``weights`` -- a file or a
 torchvision tag such as ``IMAGENET1K_V2`` found in the local torch hub cache -- go through
-:func:`visionstack.models.weights.load_weights`.
+:func:`visionstack.models.weights.load.load_weights`.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionstack.models.backbones import bind_model_name
-from visionstack.models.discovery import Discovery, Level, cached, discover_stages, modules_through, to_nchw
-from visionstack.models.features import Backbone, resolve_out_indices
-from visionstack.models.graph_cut import NativeSplit, body_module, split_native, trace_model
-from visionstack.models.native import NativeEncoder, in_units, native_head_from, out_units
-from visionstack.registry import BACKBONES
+from visionstack.core.registry import BACKBONES
+from visionstack.models.backbones.base import Backbone, bind_model_name
+from visionstack.models.features.discovery import Discovery, cached, discover_stages, modules_through
+from visionstack.models.features.graph_cut import NativeSplit, body_module, split_native, trace_model
+from visionstack.models.features.layout import Level, to_nchw
+from visionstack.models.parts.native import NativeEncoder, in_units, native_head_from, out_units
 
 __all__ = ["FGVCLIB_ALIASES", "TorchvisionBackbone", "build_torchvision_model", "torchvision_names"]
 
 #: FGVCLib's names for torchvision models, where they differ.
 FGVCLIB_ALIASES: dict[str, tuple[str, ...]] = {"vit_b_16": ("vit16",), "swin_t": ("swint",)}
-#: Builder options that give output stride 16 / 8 by dilation, tried in order (then the generic rule of visionstack.models.dilation).
+#: Builder options that give output stride 16 / 8 by dilation, tried in order (then the generic rule of visionstack.models.features.dilation).
 DILATION_OPTIONS: dict[int, tuple[dict[str, Any], ...]] = {
     16: ({"replace_stride_with_dilation": [False, False, True]}, {"dilated": True}),
     8: ({"replace_stride_with_dilation": [False, True, True]},),
@@ -96,7 +96,7 @@ def _dilated(name: str, output_stride: int, options: dict[str, Any], base: Disco
     """The model built for ``output_stride`` and its levels (the undilated model's modules, re-measured).
 
     The builder's own option is used where it has one (``replace_stride_with_dilation``, ``dilated``);
-    otherwise the generic rule of :func:`visionstack.models.dilation.dilate`.
+    otherwise the generic rule of :func:`visionstack.models.features.dilation.dilate`.
     """
     names = [level.name for level in base.levels]
     want = [min(level.reduction, output_stride) for level in base.levels]
@@ -110,7 +110,7 @@ def _dilated(name: str, output_stride: int, options: dict[str, Any], base: Disco
         found = discover_stages(model, probe_size, level_names=names)
         if [level.reduction for level in found.levels] == want:  # some builders ignore unknown options
             return model, found
-    from visionstack.models.dilation import dilate
+    from visionstack.models.features.dilation import dilate
 
     model = build_torchvision_model(name, options)
     h, w = base.input_size
@@ -170,7 +170,7 @@ class TorchvisionBackbone(Backbone):
             ``DEFAULT``) read from the local torch hub cache.
         strict: fail unless every weight matches.
         output_stride: 8 or 16 by dilation: the builder's option where it has one (ResNet-50+, MobileNetV3),
-            else :func:`visionstack.models.dilation.dilate` (convs and pools of any model; refused, with the
+            else :func:`visionstack.models.features.dilation.dilate` (convs and pools of any model; refused, with the
             reasons, where other modules mix positions); the levels stay the same modules.
         frozen_stages: -1 trains everything; ``k`` freezes (``requires_grad=False``, eval mode) every module
             that runs up to the end of level ``k`` (ResNet: 0 = stem, 1 = stem + layer1, ...).
@@ -218,9 +218,8 @@ class TorchvisionBackbone(Backbone):
             _adapt_input_conv(model, discovery.input_conv, in_chans)
         self.weights_report = self._load(model, weights, strict)
         levels = list(discovery.levels)
-        self.out_indices = resolve_out_indices(out_indices, len(levels), features_only)
+        self.select_levels([level.info for level in levels], out_indices, features_only)
         self.levels: list[Level] = [levels[i] for i in self.out_indices]
-        self.feature_info = [level.info for level in self.levels]
         self.return_prefix_tokens = bool(return_prefix_tokens)
         self._keys = [str(i) for i in range(len(self.levels))]
         self._plain = all(level.layout == "NCHW" for level in self.levels)
@@ -237,8 +236,8 @@ class TorchvisionBackbone(Backbone):
         self._spare = {k: v for k, v in self._spare.items() if final and k.startswith(final)}
         nodes = {level.name: key for level, key in zip(self.levels, self._keys)}
         self.body = body_module(model, traced, nodes, type(model).__name__)
-        self._freeze(model, frozen_stages)
         self.norm_eval = bool(norm_eval)
+        self._freeze(model, frozen_stages)
 
     # -- construction helpers -------------------------------------------------------------------------
     def _discover(self, key: tuple, options: dict[str, Any], probe_size: Any) -> Discovery:
@@ -253,7 +252,7 @@ class TorchvisionBackbone(Backbone):
         self._spare: dict[str, torch.Tensor] = {}
         if not weights:
             return None
-        from visionstack.models.weights import load_weights
+        from visionstack.models.weights.load import load_weights
 
         conv = self.discovery.input_conv
         report = load_weights(
@@ -268,27 +267,14 @@ class TorchvisionBackbone(Backbone):
         return report
 
     def _freeze(self, model: nn.Module, frozen_stages: int) -> None:
-        count = len(self.discovery.levels)
-        if not -1 <= frozen_stages < count:
-            raise ValueError(
-                f"frozen_stages must be in -1..{count - 1} for {self.model_name}, got {frozen_stages}"
-            )
-        self.frozen_stages = frozen_stages
-        self._frozen: list[nn.Module] = []
-        if frozen_stages < 0:
+        if self.check_frozen_stages(frozen_stages, len(self.discovery.levels)) < 0:
             return
-        for path in modules_through(self.discovery, frozen_stages):
-            module = model.get_submodule(path)
-            for p in module.parameters(recurse=False):
-                p.requires_grad_(False)
-            self._frozen.append(module)
+        modules = [model.get_submodule(path) for path in modules_through(self.discovery, frozen_stages)]
         # the enclosing modules' own parameters feed the level too (ViT's class token and position
         # embedding when the level is a block); they are frozen, but the modules keep their mode
         parts = self.discovery.levels[frozen_stages].name.split(".")
-        for depth in range(len(parts)):
-            for p in model.get_submodule(".".join(parts[:depth])).parameters(recurse=False):
-                p.requires_grad_(False)
-        self.train(self.training)
+        enclosing = [model.get_submodule(".".join(parts[:depth])) for depth in range(len(parts))]
+        self.freeze(modules, [p for m in enclosing for p in m.parameters(recurse=False)])
 
     # -- interface ------------------------------------------------------------------------------------
     @property
@@ -308,17 +294,6 @@ class TorchvisionBackbone(Backbone):
             "num_classes": len(weights.meta.get("categories", [])) or None,
             "tag": str(weights).split(".")[-1],
         }
-
-    def train(self, mode: bool = True) -> TorchvisionBackbone:
-        super().train(mode)
-        if mode:
-            for module in getattr(self, "_frozen", ()):
-                module.eval()
-            if getattr(self, "norm_eval", False):
-                for m in self.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Images ``[B, C, H, W]`` -> NCHW maps of the selected levels (then prefix tokens, if asked)."""
@@ -353,7 +328,9 @@ class TorchvisionBackbone(Backbone):
 
 def _register() -> None:
     for name in torchvision_names():
-        BACKBONES.add(name, bind_model_name(TorchvisionBackbone, name), aliases=FGVCLIB_ALIASES.get(name, ()))
+        BACKBONES.register(name, aliases=FGVCLIB_ALIASES.get(name, ()))(
+            bind_model_name(TorchvisionBackbone, name)
+        )
 
 
 _register()

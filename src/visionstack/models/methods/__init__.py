@@ -1,8 +1,10 @@
-"""Fine-grained methods, one module each; importing this package registers them in ``METHODS``.
+"""Whole models, one module each; importing this package registers them in ``METHODS``.
 
-``baseline`` (backbone + pooling + linear head, mixup / cutmix options), ``mcl`` (mutual-channel loss),
-``pmg`` (progressive multi-granularity jigsaw training), ``pmg_v2`` (block convolution + category
-consistency) and ``recognizer`` (embedding model with a cosine classifier).
+``image_classifier`` (``visionstack.models.classifier``), ``baseline`` (with mixup / cutmix options),
+``mcl`` (mutual-channel loss), ``pmg`` (progressive multi-granularity jigsaw training), ``pmg_v2`` (block
+convolution + category consistency) and ``recognizer`` (embedding model with a cosine classifier). The
+contract every method follows is :class:`visionstack.models.methods.base.Method`.
 """
 
+from visionstack.models import classifier  # noqa: F401
 from visionstack.models.methods import baseline, mcl, pmg, pmg_v2, recognizer  # noqa: F401

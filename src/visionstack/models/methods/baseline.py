@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from visionstack.core.registry import METHODS
 from visionstack.models.classifier import ImageClassifier, PartCfg
-from visionstack.registry import METHODS
 
 
 def make_mixer(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> nn.Module | None:

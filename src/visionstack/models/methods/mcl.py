@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionstack.core.build import build_part, current_path
+from visionstack.core.registry import BACKBONES, METHODS
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_part, current_path
 from visionstack.models.classifier import ImageClassifier, PartCfg
 from visionstack.models.methods.pmg import resolve_num_classes
-from visionstack.models.necks import basic_conv
-from visionstack.models.parts import total_loss
-from visionstack.registry import BACKBONES, METHODS
+from visionstack.models.parts.base import total_loss
+from visionstack.models.parts.necks import basic_conv
 
 STAGES = ("backbone", "channels", "encoder", "pre_logits", "logits")
 

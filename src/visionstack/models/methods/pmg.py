@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionstack.core.build import build_part, current_path
+from visionstack.core.registry import BACKBONES, ENCODERS, HEADS, METHODS, NECKS
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_part, current_path
 from visionstack.models.classifier import PartCfg, build_losses
-from visionstack.models.parts import as_list, single, total_loss
-from visionstack.registry import BACKBONES, ENCODERS, HEADS, METHODS, NECKS
+from visionstack.models.parts.base import as_list, single, total_loss
 
 STAGES = ("backbone", "neck", "encoder", "features", "pre_logits", "logits")
 

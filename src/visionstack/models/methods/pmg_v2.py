@@ -29,12 +29,12 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from visionstack.core.build import current_path
+from visionstack.core.registry import METHODS
 from visionstack.errors import ConfigError
 from visionstack.models.backbones.resnet_bc import PMG_V2_BLOCKS
-from visionstack.models.builder import current_path
 from visionstack.models.classifier import PartCfg
 from visionstack.models.methods.pmg import MultiGranularityNet
-from visionstack.registry import METHODS
 
 DEFAULT_CONSISTENCY_WEIGHTS = (0.01, 0.05, 0.1)
 

@@ -4,7 +4,7 @@ The embedding is the L2-normalized feature the cosine head compares with its cla
 are ``scale * cos(embedding, w_k)`` with a learnable scale (temperature) and no bias by default. The
 output type never depends on train/eval mode: ``forward`` always returns logits and
 ``extract(images, stage="embedding")`` always returns embeddings, so the same model serves closed-set
-classification and retrieval (see :mod:`visionstack.engine.retrieval`).
+classification and retrieval (see :mod:`visionstack.tools.retrieval`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionstack.core.build import build_part, current_path
+from visionstack.core.registry import BACKBONES, ENCODERS, METHODS
 from visionstack.errors import ConfigError
-from visionstack.models.builder import build_part, current_path
 from visionstack.models.classifier import STAGES as CLASSIFIER_STAGES
 from visionstack.models.classifier import ImageClassifier, PartCfg
-from visionstack.models.parts import single, total_channels
-from visionstack.registry import BACKBONES, ENCODERS, METHODS
+from visionstack.models.parts.base import single, total_channels
 
 DEFAULT_HEAD: Mapping[str, Any] = {"type": "cosine", "learn_scale": True, "bias": False}
 STAGES = (*CLASSIFIER_STAGES, "embedding")
