@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from visionstack.core.build import PositiveInt
 from visionstack.models.backbones.base import Backbone
 from visionstack.models.features.layout import FeatureInfo
 
@@ -20,7 +21,7 @@ class TinyBackbone(Backbone):
 
     def __init__(
         self,
-        widths: list[int] | None = None,
+        widths: list[PositiveInt] | None = None,
         out_indices: list[int] | None = None,
         features_only: bool = False,
         in_chans: int = 3,

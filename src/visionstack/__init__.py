@@ -41,7 +41,7 @@ _EXPORTS: dict[str, str] = {
     "build_model": "visionstack.models.build",
     "build_part": "visionstack.core.build",
     "create_model": "visionstack.models.build",
-    "ImageClassifier": "visionstack.models.classifier",
+    "ImageClassifier": "visionstack.models.methods.classifier",
     "FeatureInfo": "visionstack.models.features.layout",
     "load_weights": "visionstack.models.weights.load",
     # data
@@ -100,8 +100,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from visionstack.engine.trainer import Trainer
     from visionstack.errors import CheckpointError, ConfigError, DataError, UnknownNameError
     from visionstack.models.build import build_model, create_model
-    from visionstack.models.classifier import ImageClassifier
     from visionstack.models.features.layout import FeatureInfo
+    from visionstack.models.methods.classifier import ImageClassifier
     from visionstack.models.weights.load import load_weights
     from visionstack.tools.export import export_model
     from visionstack.tools.predict import load_checkpoint_model, predict_paths

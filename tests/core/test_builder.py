@@ -122,10 +122,34 @@ def test_num_classes_missing_everywhere_is_a_clear_error() -> None:
     assert info.value.path == "model.num_classes"
 
 
-def test_constructor_failures_are_reported_at_the_part_path() -> None:
-    with pytest.raises(ConfigError, match="building head 'test_probe_head' failed") as info:
+def test_an_error_inside_a_part_keeps_its_type_traceback_and_gets_the_key_path() -> None:
+    """Only config mistakes become ConfigError: a part's own failure (here torch's Linear refusing a
+    negative width) stays what it is, with the key path of the part as a note."""
+    with pytest.raises(RuntimeError, match="negative dimension") as info:
         build_model(model_cfg(hidden=-1))
-    assert info.value.path == "model.head"
+    assert not isinstance(info.value, ConfigError)
+    assert info.value.__notes__ == ["while building head 'test_probe_head' at config key model.head"]
+    frames = [frame.name for frame in info.traceback]
+    assert "__init__" in frames and any("linear" in str(frame.path) for frame in info.traceback)
+
+
+class BuggyHead(Head):
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(in_channels, num_classes)
+        self.ratio = in_channels / 0  # a user's bug
+
+
+def test_a_bug_in_a_user_part_surfaces_as_itself() -> None:
+    HEADS.register("test_buggy_head", force=True)(BuggyHead)
+    with pytest.raises(ZeroDivisionError) as info:
+        build_model({**model_cfg(), "head": "test_buggy_head"})
+    assert info.value.__notes__ == ["while building head 'test_buggy_head' at config key model.head"]
+
+
+def test_a_value_a_part_rejects_is_a_config_error_at_its_key() -> None:
+    with pytest.raises(ConfigError, match=r"model.head.dropout: must be in \[0, 1\)") as info:
+        build_model({**model_cfg(), "head": {"type": "linear", "dropout": 1.5}})
+    assert info.value.path == "model.head.dropout"
 
 
 def test_string_shorthand_and_prebuilt_modules() -> None:

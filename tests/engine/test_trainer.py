@@ -11,7 +11,6 @@ from safetensors import safe_open
 from tests.engine.conftest import read_csv, run_config
 from visionstack.engine.checkpoint.format import load_checkpoint, load_model_for_inference
 from visionstack.engine.optim_wrapper import NonFiniteLossError
-from visionstack.engine.setup import mix_batch
 from visionstack.engine.trainer import Trainer
 from visionstack.errors import ConfigError
 
@@ -131,20 +130,6 @@ def test_step_based_run_with_accumulation_and_warmup(image_folder, tmp_path) -> 
     assert trainer.scheduler.lrs[0] == pytest.approx(
         0.05 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 2 / 2)).item())
     )
-
-
-def test_mixup_soft_targets_and_odd_batches() -> None:
-    from visionstack.engine.setup import build_mixer
-
-    mixer = build_mixer({"mixup": 1.0, "cutmix": 0.0}, num_classes=3)
-    batch = {"image": torch.randn(4, 3, 8, 8), "label": torch.tensor([0, 1, 2, 0])}
-    mixed = mix_batch(mixer, batch, 3)
-    assert mixed["label"].shape == (4, 3) and torch.allclose(mixed["label"].sum(1), torch.ones(4))
-    odd = mix_batch(mixer, {"image": torch.randn(3, 3, 8, 8), "label": torch.tensor([2, 0, 1])}, 3)
-    assert torch.equal(odd["label"], torch.eye(3)[[2, 0, 1]])
-    assert build_mixer({}, 3) is None
-    with pytest.raises(ConfigError, match="train.mixup"):
-        build_mixer({"mixup": -1}, 3)
 
 
 def test_num_classes_come_from_the_data_and_must_agree(image_folder, tmp_path) -> None:

@@ -13,7 +13,7 @@ from visionstack.core.io import save_weights
 from visionstack.core.registry import BACKBONES, list_models
 from visionstack.errors import ConfigError, UnknownNameError
 from visionstack.models.backbones.timm import TimmBackbone
-from visionstack.models.classifier import ImageClassifier
+from visionstack.models.methods.classifier import ImageClassifier
 
 
 def image(size: int = 64, channels: int = 3) -> torch.Tensor:

@@ -15,7 +15,7 @@ import visionstack as vs
 from visionstack.core.build import build_part
 from visionstack.core.registry import BACKBONES
 from visionstack.engine.optim_wrapper import OptimWrapper
-from visionstack.errors import ConfigError, UnknownNameError
+from visionstack.errors import CheckpointError, ConfigError, UnknownNameError
 from visionstack.models.backbones.torchvision import TorchvisionBackbone, torchvision_names
 from visionstack.models.integrations.detection import BackboneWithFPN, FeatureDict, backbone_with_fpn
 from visionstack.models.parts.native import NativeGraphHead, NativePath
@@ -67,7 +67,7 @@ def test_config_built_classifier_with_native_parts():
 
 def test_weights_tag_from_local_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(ConfigError, match="resnet18-f37072fd.pth"):
+    with pytest.raises(CheckpointError, match="resnet18-f37072fd.pth"):
         vs.create_model("resnet18", weights="IMAGENET1K_V1")
     torch.manual_seed(0)
     ref = torchvision.models.resnet18().eval()

@@ -133,7 +133,7 @@ def test_gem_hand_value_and_learnable_p() -> None:
     assert list(fixed.parameters()) == [] and fixed(x).item() == pytest.approx(expected, rel=1e-5)
     # negatives are clamped to eps before the power
     assert GeneralizedMeanPool(1, p=2.0, eps=1e-6)(-torch.ones(1, 1, 2, 2)).item() == pytest.approx(1e-6)
-    with pytest.raises(ValueError, match="p must be"):
+    with pytest.raises(ValueError, match="p: must be"):
         GeneralizedMeanPool(1, p=0.0)
 
 

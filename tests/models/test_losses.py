@@ -87,7 +87,7 @@ def test_class_weights_length_is_checked_against_the_model() -> None:
     cfg = {"backbone": "test_tiny", "num_classes": 3, "loss": {"type": "ce", "class_weights": [1.0, 2.0]}}
     with pytest.raises(ConfigError, match="2 entries but the model has 3 classes") as info:
         build_model(cfg)
-    assert info.value.path == "model.loss"
+    assert info.value.path == "model.loss.class_weights"
 
 
 def test_soft_target_cross_entropy_equals_timm_and_ce(batch) -> None:

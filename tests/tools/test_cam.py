@@ -11,8 +11,8 @@ from PIL import Image
 from torch import nn
 
 from visionstack.errors import ConfigError, MissingDependencyError
-from visionstack.models.classifier import ImageClassifier
 from visionstack.models.features.layout import FeatureInfo
+from visionstack.models.methods.classifier import ImageClassifier
 from visionstack.tools.cam import (
     CAM_METHODS,
     CamExplainer,

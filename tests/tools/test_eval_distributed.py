@@ -24,17 +24,19 @@ def _evaluate(root: str, rank: int = 0, world: int = 1) -> dict:
     from tests.conftest import _register_tiny
 
     _register_tiny()
-    from visionstack.cli.eval import collect_reports
     from visionstack.data.loader import build_dataset, build_loader
+    from visionstack.engine.evaluation import Evaluator
     from visionstack.models.build import build_model
+    from visionstack.tools.reports import ReportMetrics
     from visionstack.tools.retrieval import evaluate_embeddings
 
     torch.manual_seed(0)
     model = build_model(MODEL).eval()
     dataset = build_dataset({**DATA, "root": root}, "val")
     loader = build_loader(dataset, 2, distributed=world > 1, pad=False, num_replicas=world, rank=rank)
-    reports, (embeddings, labels) = collect_reports(model, loader, 3, dataset.class_names, (1, 2), "cpu")
-    report = reports["logits"]
+    metric = lambda: ReportMetrics(3, dataset.class_names, (1, 2))  # noqa: E731
+    found = Evaluator(loader, 3, (1, 2), "cpu", metric=metric, embeddings=True).collect(model)
+    report, (embeddings, labels) = found.metrics["logits"], found.embeddings
     return {
         "confusion": report.confusion.tolist(),
         "top": report.topk,

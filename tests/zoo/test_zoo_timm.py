@@ -102,7 +102,7 @@ def build_and_run(
     for i, extra in enumerate(attempts):
         try:
             backbone = TimmBackbone(name, **kwargs, **extra).eval()
-            if native and backbone.final.parts == 1:
+            if native and backbone.final_parts == 1:
                 backbone.native_encoder()
             if not extra:
                 size = int(backbone.pretrained_cfg["input_size"][-1])
@@ -151,7 +151,7 @@ def test_timm_native_path(name: str) -> None:
     backbone, outs, x = build_and_run(name, native=True)
     fmap = outs[0]
     assert fmap.ndim == 4 and fmap.shape[0] == 2 and fmap.shape[1] == backbone.feature_info[0].channels
-    if backbone.final.parts > 1:  # a list of tensors from forward_features: no single-map native path
+    if backbone.final_parts > 1:  # a list of tensors from forward_features: no single-map native path
         with pytest.raises(ValueError, match="gap"):
             backbone.native_encoder()
         return

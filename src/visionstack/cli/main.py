@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 
 #: verb -> (module, one-line help). Each module has ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -30,6 +31,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument(
+        "--debug", action="store_true", help="print the full traceback of every error (also of config errors)"
+    )
+    parser.add_argument(
         "--plugins",
         action="append",
         default=[],
@@ -46,6 +50,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             metavar="FILE",
             help="Python file(s) that register user parts",
         )
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name == verb:  # only the chosen verb's module is imported
             importlib.import_module(module).add_arguments(p)
     return parser
@@ -85,12 +90,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(importlib.import_module(VERBS[args.verb][0]).run(args) or 0)
-    except VisionStackError as err:
-        print(f"visionstack {args.verb}: error: {err}", file=sys.stderr)
+    except VisionStackError as err:  # a mistake in the input: one line (with the config key path)
+        if args.debug:
+            traceback.print_exc()
+        notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))
+        print(f"visionstack {args.verb}: error: {err}{notes}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug (ours, a library's or the user's own part): the whole traceback
+        traceback.print_exc()
+        print(
+            f"visionstack {args.verb}: the error above is not a config or data mistake; "
+            "the traceback shows where it happened",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from pathlib import Path
+
+from visionstack.cli.args import add_amp, amp_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="decoding worker processes (default 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    add_amp(parser)
     parser.add_argument(
         "--output", "-o", default=None, metavar="FILE", help="write CSV / JSON / table text here"
     )
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         decode=decode_policy_of(cfg),
         progress=progress_enabled(False if args.no_progress else None),
+        amp=amp_of(args, cfg),
     )
     if args.format == "csv":
         text = predictions_to_csv(predictions)
@@ -92,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(table)
         text = console.export_text()
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text, encoding="utf-8")
+        from visionstack.core.io import atomic_write
+
+        atomic_write(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         print(f"wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -4,6 +4,11 @@ A part config is a mapping with ``type`` (or just the type name as a string). It
 parameters of the registered builder; required parameters must be given, simple annotated types are
 checked. Arguments the parent part supplies (``in_channels``, ``num_classes``, ``backbone``) are
 ``provided`` and may be omitted; an explicit ``in_channels`` is checked against the wired value.
+
+Only a config mistake is a :class:`ConfigError`: a part that rejects a value raises one itself at
+``current_path(key)``. Any other exception raised while a part is built (a bug in a user's own head, an
+error of torchvision or timm) keeps its type and traceback; the config key path of the part being built is
+attached as a note.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import dataclasses
 import difflib
 import inspect
 import types
@@ -48,6 +54,12 @@ def config_path(key: str | int) -> Iterator[str]:
         yield path
     finally:
         _PATH.reset(token)
+
+
+def invalid(key: str, message: str) -> ConfigError:
+    """A :class:`ConfigError` at ``key`` of the part being built (``invalid("dropout", "must be < 1")``
+    raised inside a head's constructor reads ``model.head.dropout: must be < 1``)."""
+    return ConfigError(current_path(key), message)
 
 
 @contextlib.contextmanager
@@ -110,22 +122,55 @@ def _signature(builder: Any) -> inspect.Signature | None:
     return sig
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A bound on a number, used inside ``typing.Annotated`` (``Annotated[int, Range(1)]``): config checks
+    (part signatures and the run-config schema) refuse values outside it before anything is built."""
+
+    min: float | None = None
+    max: float | None = None
+    max_open: bool = False  # ``max`` itself is excluded
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:  # NaN
+            return False
+        if self.min is not None and value < self.min:
+            return False
+        return self.max is None or (value < self.max if self.max_open else value <= self.max)
+
+    def __str__(self) -> str:
+        low = f">= {self.min:g}" if self.min is not None else ""
+        high = f"{'<' if self.max_open else '<='} {self.max:g}" if self.max is not None else ""
+        return " and ".join(x for x in (low, high) if x)
+
+
+#: common bounded types for part signatures and the run-config schema
+PositiveInt = typing.Annotated[int, Range(min=1)]
+NonNegativeInt = typing.Annotated[int, Range(min=0)]
+NonNegativeFloat = typing.Annotated[float, Range(min=0)]
+Fraction = typing.Annotated[float, Range(min=0, max=1)]
+
+
 def _hints(builder: Any) -> dict[str, Any]:
     target = builder.__init__ if inspect.isclass(builder) else builder
     try:
-        return typing.get_type_hints(target)
+        return typing.get_type_hints(target, include_extras=True)
     except Exception:  # unresolvable annotations: skip type checks rather than fail
         return {}
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def matches_hint(value: Any, hint: Any) -> bool:
     """Whether a config value fits a simple annotation; unknown annotations accept anything."""
     if hint is Any or hint is inspect.Parameter.empty:
         return True
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is typing.Annotated:
+        return matches_hint(value, args[0]) and all(
+            m.accepts(value) for m in hint.__metadata__ if isinstance(m, Range)
+        )
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
+        return any(matches_hint(value, a) for a in args)
     if origin is typing.Literal:
         return value in args
     if hint is type(None):
@@ -143,22 +188,26 @@ def _matches(value: Any, hint: Any) -> bool:
         if not isinstance(value, (list, tuple)):
             return False
         inner = [a for a in args if a is not Ellipsis]
-        return not inner or len(set(inner)) != 1 or all(_matches(v, inner[0]) for v in value)
+        return not inner or len(set(inner)) != 1 or all(matches_hint(v, inner[0]) for v in value)
     if base in (dict, Mapping, typing.Mapping):
         return isinstance(value, Mapping)
     return True
 
 
-def _describe(hint: Any) -> str:
-    """A type hint as a user reads it: ``one of 'a', 'b'`` for a Literal, ``int | None`` for a union."""
+def describe_hint(hint: Any) -> str:
+    """A type hint as a user reads it: ``one of 'a', 'b'`` for a Literal, ``int | None`` for a union,
+    ``int >= 1`` for a bounded number."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        bounds = " and ".join(str(m) for m in hint.__metadata__ if isinstance(m, Range))
+        return f"{describe_hint(args[0])} {bounds}".strip()
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(_describe(a) for a in args)
+        return " | ".join(describe_hint(a) for a in args)
     if origin is not None and args:
         name = getattr(origin, "__name__", str(origin))
-        return f"{name}[{', '.join(_describe(a) for a in args)}]"
+        return f"{name}[{', '.join(describe_hint(a) for a in args)}]"
     if hint is type(None):
         return "None"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
@@ -196,8 +245,8 @@ def check_part(registry: Registry, cfg: Any, path: str, provided: Sequence[str] 
             _check_nested(PART_PARAMS[key], value, sub, builder)
             continue
         hint = hints.get(key)
-        if hint is not None and not _matches(value, hint):
-            raise ConfigError(sub, f"expected {_describe(hint)}, got {type(value).__name__} ({value!r})")
+        if hint is not None and not matches_hint(value, hint):
+            raise ConfigError(sub, f"expected {describe_hint(hint)}, got {type(value).__name__} ({value!r})")
     return cfg
 
 
@@ -254,12 +303,15 @@ def build_part(
                 kwargs[name] = value
         try:
             return builder(**kwargs)
-        except (ConfigError, KeyboardInterrupt):
+        except ConfigError:
             raise
-        except Exception as err:  # constructor rejected a value: report it at this key path
-            raise ConfigError(
-                path, f"building {registry.kind} {cfg['type']!r} failed: {type(err).__name__}: {err}"
-            ) from err
+        except Exception as err:  # a bug or a library's own error: its type and traceback stay
+            if not getattr(err, "_visionstack_path", None):  # the innermost part names itself
+                err._visionstack_path = path  # type: ignore[attr-defined]
+                err.add_note(
+                    f"while building {registry.kind} {cfg['type']!r} at config key {path or 'model'}"
+                )
+            raise
 
 
 def _channels(value: Any) -> Any:

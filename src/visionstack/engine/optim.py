@@ -31,6 +31,7 @@ from torch import nn
 from visionstack.core.build import build_part, closest
 from visionstack.core.registry import OPTIMIZERS, normalize
 from visionstack.engine.optim_wrapper import NONFINITE_POLICIES, OptimWrapper
+from visionstack.engine.precision import amp_dtype
 from visionstack.errors import ConfigError
 
 OPTIMIZERS.register("sgd", aliases=("SGD", "momentum_sgd"))(torch.optim.SGD)
@@ -188,15 +189,11 @@ def build_optim_wrapper(
     clip = train_cfg.get("clip_grad")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
         raise ConfigError("train.clip_grad", f"expected a positive max gradient norm or null, got {clip!r}")
-    amp = train_cfg.get("amp")
-    try:
-        return OptimWrapper(
-            optimizer,
-            amp=amp,
-            device_type=device_type,
-            grad_accum=accum,
-            clip_grad=None if clip is None else float(clip),
-            nonfinite=nonfinite,
-        )
-    except ValueError as err:
-        raise ConfigError("train.amp", str(err)) from None
+    return OptimWrapper(
+        optimizer,
+        amp=amp_dtype(train_cfg.get("amp")),
+        device_type=device_type,
+        grad_accum=accum,
+        clip_grad=None if clip is None else float(clip),
+        nonfinite=nonfinite,
+    )

@@ -15,21 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from visionstack.engine.precision import amp_dtype, autocast
 from visionstack.errors import VisionStackError
 
 NONFINITE_POLICIES = ("stop", "skip")
-_AMP_DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 
 
 class NonFiniteLossError(VisionStackError, FloatingPointError):
@@ -52,7 +46,8 @@ class OptimWrapper:
 
     Args:
         optimizer: the torch optimizer.
-        amp: ``None``, ``"bf16"`` or ``"fp16"`` (fp16 uses a GradScaler where the device supports it).
+        amp: ``None`` or a spelling of :mod:`visionstack.engine.precision` (``bf16``, ``fp16``...); fp16
+            uses a GradScaler where the device supports it.
         device_type: ``"cpu"`` or ``"cuda"``: where autocast applies.
         grad_accum: number of ``update`` calls whose gradients add up before one optimizer step.
         clip_grad: max global gradient norm (``None``: no clipping).
@@ -68,20 +63,18 @@ class OptimWrapper:
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        amp: str | None = None,
+        amp: str | torch.dtype | None = None,
         device_type: str = "cpu",
         grad_accum: int = 1,
         clip_grad: float | None = None,
         nonfinite: str = "stop",
     ) -> None:
-        if amp is not None and amp not in _AMP_DTYPES:
-            raise ValueError(f"amp must be one of {sorted(_AMP_DTYPES)} or null, got {amp!r}")
         if grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.optimizer = optimizer
-        self.amp_dtype = _AMP_DTYPES.get(amp) if amp else None
+        self.amp_dtype = amp_dtype(amp)
         self.device_type = device_type
         self.grad_accum = int(grad_accum)
         self.clip_grad = clip_grad
@@ -98,14 +91,9 @@ class OptimWrapper:
         self._finite: torch.Tensor | None = None  # the running sum of the window's losses
         self._clipped = False  # update() clipped the current window's gradients already
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
+    def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed-precision context for the forward pass (a no-op without AMP)."""
-        if self.amp_dtype is None:
-            yield
-        else:
-            with torch.autocast(self.device_type, dtype=self.amp_dtype):
-                yield
+        return autocast(self.device_type, self.amp_dtype)
 
     def params(self) -> list[nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]

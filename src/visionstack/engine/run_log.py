@@ -33,7 +33,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from visionstack.engine.checkpoint.format import atomic_write
+from visionstack.core.io import atomic_write
 
 
 def progress_enabled(setting: bool | None = None) -> bool:

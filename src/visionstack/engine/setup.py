@@ -140,46 +140,9 @@ def model_config_with_classes(model_cfg: Any, num_classes: int) -> dict[str, Any
     return cfg
 
 
-def build_mixer(train_cfg: Mapping[str, Any], num_classes: int) -> Any:
-    """timm's ``Mixup`` from ``train.mixup`` / ``train.cutmix`` (alphas) and ``train.mix_prob``; ``None``
-    when both alphas are 0. It turns labels into soft targets ``[B, K]``; losses accept them."""
-    alphas = {}
-    for key in ("mixup", "cutmix"):
-        value = train_cfg.get(key) or 0.0
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"train.{key}", f"expected a non-negative alpha (0 = off), got {value!r}")
-        alphas[key] = float(value)
-    if not any(alphas.values()):
-        return None
-    prob = train_cfg.get("mix_prob", 1.0)
-    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
-        raise ConfigError("train.mix_prob", f"expected a probability in [0, 1], got {prob!r}")
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=alphas["mixup"],
-        cutmix_alpha=alphas["cutmix"],
-        prob=float(prob),
-        label_smoothing=0.0,
-        num_classes=num_classes,
-    )
-
-
-def mix_batch(mixer: Any, batch: dict[str, Any], num_classes: int) -> dict[str, Any]:
-    """The batch with mixed images and soft labels (an odd-sized batch keeps its images: one-hot labels)."""
-    from timm.data.mixup import mixup_target
-
-    images, labels = batch["image"], batch["label"]
-    if len(images) % 2 == 0:
-        images, labels = mixer(images, labels)
-    else:
-        labels = mixup_target(labels, num_classes, lam=1.0, smoothing=0.0)
-    return {**batch, "image": images, "label": labels}
-
-
 def write_run_files(work_dir: Path, cfg: Mapping[str, Any], versions: Mapping[str, str]) -> None:
     """``config.yaml`` (the resolved config) and ``versions.json`` in the run directory."""
-    from visionstack.engine.checkpoint.format import atomic_write
+    from visionstack.core.io import atomic_write
 
     work_dir.mkdir(parents=True, exist_ok=True)
     text = dump_config({k: v for k, v in cfg.items() if k != "_source_"})

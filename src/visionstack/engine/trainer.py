@@ -37,10 +37,8 @@ from visionstack.engine.schedulers import build_scheduler
 from visionstack.engine.seeding import capture_rng, restore_rng, seed_everything, set_deterministic
 from visionstack.engine.setup import (
     build_data,
-    build_mixer,
     eval_interval,
     library_versions,
-    mix_batch,
     model_config_with_classes,
     positive_int,
     resolve_work_dir,
@@ -49,6 +47,7 @@ from visionstack.engine.setup import (
     write_run_files,
 )
 from visionstack.errors import CheckpointError
+from visionstack.models.methods.mixing import build_batch_mixer
 
 
 def scalar_values(logs: Mapping[str, Any]) -> dict[str, float]:
@@ -108,7 +107,9 @@ class Trainer:
             self.model = distributed.convert_sync_bn(self.model)
         self.ema = build_ema(self.model, tc.get("ema"))
         self.optim = build_optim_wrapper(self.model, tc, self.device.type)
-        self.mixer = build_mixer(tc, self.num_classes)
+        self.mixer = build_batch_mixer(
+            self.num_classes, tc.get("mixup"), tc.get("cutmix"), tc.get("mix_prob")
+        )
 
         self.epoch_len = len(self.data.train_loader)
         if tc.get("max_steps_per_epoch") is not None:
@@ -259,7 +260,8 @@ class Trainer:
         added to ``sums`` (on the device: no host sync)."""
         batch = self._to_device(batch)
         if self.mixer is not None:
-            batch = mix_batch(self.mixer, batch, self.num_classes)
+            images, labels = self.mixer(batch["image"], batch["label"])
+            batch = {**batch, "image": images, "label": labels}
         skipped = self.optim.skipped
         with self._nonfinite_context():
             logs = self.model.train_step(batch, self.optim)

@@ -4,7 +4,7 @@
 
 ``create_model("resnet50", num_classes=200, weights="r50.pth")`` builds the backbone (any name in the
 BACKBONES registry: torchvision names, ``timm/<name>``, visionstack's own) and, unless ``features_only``,
-wraps it in an :class:`~visionstack.models.classifier.ImageClassifier` with the model's ``native`` encoder
+wraps it in an :class:`~visionstack.models.methods.classifier.ImageClassifier` with the model's ``native`` encoder
 and head, so with the original class count its logits are the original model's.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 from visionstack.core.build import DEFAULT_MODEL_TYPE, build_part, root_path, validate_model_config
 from visionstack.core.registry import BACKBONES, METHODS
 from visionstack.errors import ConfigError
-from visionstack.models.classifier import ImageClassifier
+from visionstack.models.methods.classifier import ImageClassifier
 from visionstack.models.parts.native import NativePath
 
 __all__ = ["build_model", "create_model"]
@@ -70,7 +70,9 @@ def create_model(
     if num_classes is None:
         num_classes = getattr(backbone, "num_classes", None) or (pretrained_cfg or {}).get("num_classes")
     if num_classes is None:
-        raise ValueError(f"give num_classes: {name} does not say how many classes it was made for")
+        raise ConfigError(
+            "num_classes", f"give num_classes: {name} does not say how many classes it was made for"
+        )
     model = ImageClassifier(
         backbone=backbone,
         encoder=encoder if encoder is not None else ("native" if native else "gap"),

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from visionstack.core.io import atomic_write
 from visionstack.errors import ConfigError, optional_import
 from visionstack.models.features.layout import TOKEN_STRIDES, Level, explain_tokens, to_nchw
 
@@ -327,8 +328,10 @@ def save_cams(
     written = []
     for image, name, cam in zip(images, names, result.cams):
         path = out / f"{name}_{tag}.png"
-        overlay(image, cam).save(path)
+        picture = overlay(image, cam)
+        atomic_write(path, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
         if save_array:
-            np.save(out / f"{name}_{tag}.npy", cam_at_image_size(cam, image.size))
+            array = cam_at_image_size(cam, image.size)
+            atomic_write(out / f"{name}_{tag}.npy", lambda tmp, array=array: np.save(tmp, array))
         written.append(path)
     return written

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from visionstack.core.io import atomic_path
 from visionstack.errors import VisionStackError, optional_import
 
 ExportFormat = Literal["onnx", "torch-export", "torchscript"]
@@ -62,19 +63,6 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _param_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
@@ -95,7 +83,7 @@ def export_onnx(
     external = _param_bytes(model) > _EXTERNAL_DATA_BYTES
     try:
         with (
-            _atomic_target(path) if not external else contextlib.nullcontext(path) as target,
+            atomic_path(path) if not external else contextlib.nullcontext(path) as target,
             contextlib.redirect_stdout(io.StringIO()),
         ):
             names = {"input_names": ["images"], "output_names": ["logits"], "opset_version": opset}
@@ -142,7 +130,7 @@ def export_program(model: nn.Module, path: str | os.PathLike[str], sample: torch
         raise ExportError(
             f"torch.export of {type(model).__name__} failed: {type(err).__name__}: {err}"
         ) from err
-    with _atomic_target(path) as target:
+    with atomic_path(path) as target:
         torch.export.save(program, str(target))
     return path
 
@@ -159,7 +147,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike[str], sample: t
             raise ExportError(
                 f"TorchScript tracing of {type(model).__name__} failed: {type(err).__name__}: {err}"
             ) from err
-        with _atomic_target(path) as target:
+        with atomic_path(path) as target:
             torch.jit.save(traced, str(target))
     return path
 

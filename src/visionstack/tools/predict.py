@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from visionstack.data.decode import DecodeError, DecodePolicy, is_image_file
+from visionstack.engine.precision import autocast
+from visionstack.engine.run_log import count_progress
 from visionstack.errors import DataError
 
 _GLOB_CHARS = set("*?[")
@@ -141,11 +143,11 @@ class Prediction:
     probs: list[float]
 
 
-def predict_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def predict_probs(model: nn.Module, images: torch.Tensor, amp: str | None = None) -> torch.Tensor:
     """Class probabilities: softmax of ``model.predict_step(images)["logits"]`` (``model(images)`` for a
-    plain module)."""
+    plain module), under the mixed precision ``amp`` (see :mod:`visionstack.engine.precision`)."""
     step = getattr(model, "predict_step", None)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(images.device.type, amp):
         logits = step(images)["logits"] if callable(step) else model(images)
     return logits.float().softmax(dim=1)
 
@@ -161,10 +163,12 @@ def predict_paths(
     num_workers: int = 0,
     decode: DecodePolicy | None = None,
     progress: bool = True,
+    amp: str | None = None,
 ) -> list[Prediction]:
-    """Top-``topk`` predictions for every path, in order; raises :class:`DecodeError` on the first bad file."""
-    from visionstack.engine.run_log import count_progress
+    """Top-``topk`` predictions for every path, in order; raises :class:`DecodeError` on the first bad file.
 
+    ``amp``: mixed precision of the forward (``bf16``, ``fp16``, ...; default full precision).
+    """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     dataset = ImageFiles(paths, transform, decode)
@@ -178,7 +182,7 @@ def predict_paths(
             if "bad" in batch:
                 index, reason = batch["bad"][0]
                 raise DecodeError(dataset.paths[index], reason)
-            probs = predict_probs(model, batch["image"].to(device)).cpu()
+            probs = predict_probs(model, batch["image"].to(device), amp).cpu()
             k = min(topk, probs.shape[1])
             values, indices = probs.topk(k, dim=1)
             for i, vals, idx in zip(batch["index"].tolist(), values.tolist(), indices.tolist()):

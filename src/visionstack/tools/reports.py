@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionstack.core.io import atomic_write
+
 SortOrder = Literal["accuracy", "name", "index"]
 CONVENTIONS = {
     "micro": "every sample counts once; for single-label data micro precision = recall = F1 = top-1 accuracy",
@@ -93,7 +95,8 @@ class ClassificationReport:
             "per_class": out / f"{prefix}per_class.csv",
             "confusion_matrix": out / f"{prefix}confusion_matrix.png",
         }
-        paths["metrics"].write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        atomic_write(paths["metrics"], lambda tmp: tmp.write_text(text, encoding="utf-8"))
         write_per_class_csv(self.per_class, paths["per_class"])
         plot_confusion_matrix(self.confusion, self.class_names, paths["confusion_matrix"], sort=sort)
         return paths
@@ -198,14 +201,18 @@ def classification_report(
 def write_per_class_csv(rows: Sequence[ClassRow], path: str | Path) -> None:
     """One line per class: index, name, support, predicted, accuracy, precision, recall, f1."""
     columns = ["index", "name", "support", "predicted", "accuracy", "precision", "recall", "f1"]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in rows:
-            values = [getattr(row, c) for c in columns]
-            writer.writerow(
-                ["" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for v in values]
-            )
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            for row in rows:
+                values = [getattr(row, c) for c in columns]
+                writer.writerow(
+                    ["" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for v in values]
+                )
+
+    atomic_write(path, write)
 
 
 def class_order(confusion: np.ndarray, class_names: Sequence[str], sort: SortOrder = "accuracy") -> list[int]:
@@ -283,7 +290,7 @@ def plot_confusion_matrix(
     ax.set_title(title or f"confusion matrix ({n} classes, row-normalized, {order_text})")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 

@@ -1,9 +1,12 @@
-"""Model summaries: parameters per part, FLOPs, output shapes, per-layer table, feature_info."""
+"""Model summaries: parameters per part, FLOPs, output shapes, per-layer table, feature_info (what
+``visionstack info`` shows), and the model a config path or a name describes (:func:`build_target`)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -125,3 +128,41 @@ def summarize(
     finally:
         model.train(was_training)
     return ModelSummary((1, in_chans, h, w), parts, total, trainable, flops, outputs, info, rows)
+
+
+def build_target(
+    target: str,
+    overrides: Sequence[str] = (),
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    features_only: bool = False,
+) -> tuple[nn.Module, int]:
+    """The model ``visionstack info`` / ``bench`` describe, and its square input size.
+
+    ``target`` is a run config (its ``model`` section; 1000 classes when neither it nor ``num_classes``
+    says) or a model name for :func:`visionstack.create_model`. The size is ``input_size``, else the
+    config's ``data.image_size``, else the backbone's pretrained input size, else 224.
+    """
+    path = Path(target)
+    size: Any = input_size
+    if path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file():
+        from visionstack.core.config import load_config
+        from visionstack.models.build import build_model
+
+        cfg = load_config(path, overrides)
+        model_cfg = dict(cfg["model"])
+        head = model_cfg.get("head")
+        if num_classes is not None:
+            model_cfg["num_classes"] = num_classes
+        elif "num_classes" not in model_cfg and not (isinstance(head, dict) and "num_classes" in head):
+            model_cfg["num_classes"] = 1000
+        model = build_model(model_cfg)
+        size = size or (cfg.get("data") or {}).get("image_size")
+    else:
+        from visionstack.models.build import create_model
+
+        model = create_model(target, num_classes=num_classes, features_only=features_only)
+    if size is None:
+        pretrained = getattr(getattr(model, "backbone", model), "pretrained_cfg", None) or {}
+        size = tuple(pretrained.get("input_size", (3, 224, 224)))[-1]
+    return model, int(size if not isinstance(size, (list, tuple)) else size[0])

@@ -140,7 +140,9 @@ def bind_model_name(cls: type, model_name: str, registered_name: str | None = No
     """
     sig = inspect.signature(cls.__init__)
     params = [p for n, p in sig.parameters.items() if n not in ("self", "model_name")]
-    hints = {k: v for k, v in typing.get_type_hints(cls.__init__).items() if k != "model_name"}
+    hints = {
+        k: v for k, v in typing.get_type_hints(cls.__init__, include_extras=True).items() if k != "model_name"
+    }
     builder = functools.partial(cls, model_name)
     builder.__signature__ = sig.replace(parameters=params, return_annotation=cls)  # type: ignore[attr-defined]
     builder.__annotations__ = hints  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from visionstack.core.build import invalid
 from visionstack.core.registry import BACKBONES
 from visionstack.models.backbones.base import Backbone
 from visionstack.models.features.layout import FeatureInfo
@@ -98,7 +99,7 @@ class ResNetBC(Backbone, ResNet):
             8: [False, True, True],
         }
         if output_stride not in dilation:
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+            raise invalid("output_stride", f"must be 8, 16 or 32, got {output_stride!r}")
         ResNet.__init__(
             self,
             Bottleneck,
@@ -135,7 +136,7 @@ class ResNetBC(Backbone, ResNet):
         if blocks is None:
             return [0, 0, 0, 0]
         if len(blocks) != 4 or any(not isinstance(b, int) or b < 0 for b in blocks):
-            raise ValueError(f"blocks must be 4 non-negative ints (layer1..layer4), got {list(blocks)!r}")
+            raise invalid("blocks", f"must be 4 non-negative ints (layer1..layer4), got {list(blocks)!r}")
         return list(blocks)
 
     @contextlib.contextmanager

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionstack.core.build import invalid
 from visionstack.core.registry import BACKBONES
 from visionstack.models.backbones.base import Backbone, bind_model_name
 from visionstack.models.backbones.timm_native import TimmNativeEncoder, TimmNativeHead, probe_final_features
@@ -88,7 +89,7 @@ class TimmBackbone(Backbone):
         self.model = _create(model_name, **self._create_options)
         levels = list(getattr(self.model, "feature_info", None) or [])
         if not levels:
-            raise ValueError(f"timm model {model_name!r} describes no feature levels (feature_info)")
+            raise invalid("type", f"timm model {model_name!r} describes no feature levels (feature_info)")
         self.levels = [FeatureInfo(int(f["num_chs"]), int(f["reduction"]), str(f["module"])) for f in levels]
         self.final_features = out_indices is None and not features_only
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
@@ -120,7 +121,10 @@ class TimmBackbone(Backbone):
             and self.num_prefix_tokens
             and not self._prefix_arg
         ):
-            raise ValueError(f"timm model {model_name!r} cannot return prefix tokens of intermediate levels")
+            raise invalid(
+                "return_prefix_tokens",
+                f"timm model {model_name!r} cannot return prefix tokens of intermediate levels",
+            )
         self._stop_early = "stop_early" in fi_params
         self.norm_eval = bool(norm_eval)
         self._freeze_to(frozen_stages)
@@ -145,7 +149,9 @@ class TimmBackbone(Backbone):
         names = [n for n, _ in modules]
         target = self.levels[frozen_stages].name
         if target not in names:
-            raise ValueError(f"cannot freeze: level module {target!r} is not in {self.model_name}")
+            raise invalid(
+                "frozen_stages", f"cannot freeze: level module {target!r} is not in {self.model_name}"
+            )
         start = names.index(target)
         end = max([i for i, n in enumerate(names) if n.startswith(target + ".")], default=start)
         last: dict[str, int] = {}  # module -> position of its last descendant (named_modules is pre-order)
@@ -199,14 +205,16 @@ class TimmBackbone(Backbone):
     def native_encoder(self) -> TimmNativeEncoder:
         """The model's own pooling + pre-logits path (``forward_head(pre_logits=True)``) as an encoder."""
         if not self.final_features:
-            raise ValueError(
+            raise invalid(
+                "",
                 "the native encoder needs the model's final features: leave out_indices and "
-                "features_only unset"
+                "features_only unset",
             )
         if self.final_parts > 1:
-            raise ValueError(
+            raise invalid(
+                "",
                 f"timm/{self.model_name}'s forward_features returns {self.final_parts} tensors, which one "
-                "map cannot carry; use a pooling encoder (e.g. gap) instead of native"
+                "map cannot carry; use a pooling encoder (e.g. gap) instead of native",
             )
         self.native = True  # prefix (class) tokens travel after the map
         return TimmNativeEncoder(self.model, self.final)
@@ -230,11 +238,11 @@ def _create(name: str, **options: Any) -> nn.Module:
     timm = _timm()
     base, _, tag = name.partition(".")
     if not timm.is_model(base):
-        raise ValueError(f"timm has no model {base!r}")
+        raise invalid("type", f"timm has no model {base!r}")
     tags = [t.split(".", 1)[1] for t in timm.list_pretrained(base + ".*")] if tag else []
     if tag and tag not in tags:
-        raise ValueError(
-            f"timm model {base!r} has no pretrained tag {tag!r}; tags: {', '.join(tags) or 'none'}"
+        raise invalid(
+            "type", f"timm model {base!r} has no pretrained tag {tag!r}; tags: {', '.join(tags) or 'none'}"
         )
     kwargs: dict[str, Any] = {"in_chans": options["in_chans"], "num_classes": options.get("num_classes", 0)}
     for key in ("output_stride", "img_size"):
@@ -246,7 +254,7 @@ def _create(name: str, **options: Any) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as err:
         given = ", ".join(k for k in kwargs if k not in ("in_chans", "num_classes"))
-        raise ValueError(f"timm model {name!r} does not accept {given or 'these options'}: {err}") from err
+        raise invalid("", f"timm model {name!r} does not accept {given or 'these options'}: {err}") from err
 
 
 # -- registry -------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionstack.core.build import invalid
 from visionstack.core.registry import BACKBONES
 from visionstack.models.backbones.base import Backbone, bind_model_name
 from visionstack.models.features.discovery import Discovery, cached, discover_stages, modules_through
@@ -125,8 +126,9 @@ def _dilated(name: str, output_stride: int, options: dict[str, Any], base: Disco
         if got == want:
             return model, found
         reason = f"after dilating its convolutions and pools the levels' reductions are {got}, not {want}"
-    raise ValueError(
-        f"output_stride={output_stride} is not available for {name}: {reason}; leave output_stride unset"
+    raise invalid(
+        "output_stride",
+        f"output_stride={output_stride} is not available for {name}: {reason}; leave output_stride unset",
     )
 
 
@@ -196,11 +198,11 @@ class TorchvisionBackbone(Backbone):
     ) -> None:
         super().__init__()
         if model_name not in torchvision_names():
-            raise ValueError(f"torchvision has no classification model {model_name!r}")
+            raise invalid("type", f"torchvision has no classification model {model_name!r}")
         if output_stride not in (None, 8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+            raise invalid("output_stride", f"must be 8, 16 or 32, got {output_stride}")
         if in_chans < 1:
-            raise ValueError(f"in_chans must be positive, got {in_chans}")
+            raise invalid("in_chans", f"must be positive, got {in_chans}")
         options = dict(model_kwargs or {})
         self.model_name = model_name
         self.in_chans = in_chans
@@ -214,7 +216,7 @@ class TorchvisionBackbone(Backbone):
         self.discovery = discovery
         if in_chans != 3:
             if discovery.input_conv is None:
-                raise ValueError(f"{model_name} has no first Conv2d to adapt to in_chans={in_chans}")
+                raise invalid("in_chans", f"{model_name} has no first Conv2d to adapt to in_chans={in_chans}")
             _adapt_input_conv(model, discovery.input_conv, in_chans)
         self.weights_report = self._load(model, weights, strict)
         levels = list(discovery.levels)
@@ -311,7 +313,7 @@ class TorchvisionBackbone(Backbone):
     # -- native classification path -------------------------------------------------------------------
     def _split(self) -> NativeSplit:
         if self._native is None:
-            raise ValueError(f"{self.model_name}: {self._native_error}")
+            raise invalid("", f"{self.model_name}: {self._native_error}")
         return self._native
 
     def native_encoder(self) -> NativeEncoder:

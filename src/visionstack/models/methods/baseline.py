@@ -1,9 +1,10 @@
 """The fine-grained baseline: any backbone + pooling + linear head, optionally trained with mixup / cutmix.
 
 FGVCLib's ResNet-50 baseline is ``backbone: resnet50, encoder: gap, head: linear``. The mixing variants
-are options of this method's :meth:`Baseline.train_step`: with ``mixup_alpha`` and/or ``cutmix_alpha``
-above zero, each batch is mixed (torchvision's ``MixUp`` / ``CutMix``; one of them at random when both
-are on) and the loss receives the mixed soft targets ``[B, K]``.
+are options of this method's training step: with ``mixup_alpha`` and/or ``cutmix_alpha``
+above zero, each batch is mixed (timm's ``Mixup``; mixup or cutmix at random per batch when both
+are on; :mod:`visionstack.models.methods.mixing`, the mixer ``train.mixup`` also uses) and the loss receives
+the mixed soft targets ``[B, K]``.
 """
 
 from __future__ import annotations
@@ -11,26 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
-from torchvision.transforms import v2
 
+from visionstack.core.build import current_path
 from visionstack.core.registry import METHODS
-from visionstack.models.classifier import ImageClassifier, PartCfg
-
-
-def make_mixer(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> nn.Module | None:
-    """torchvision's batch mixer for the given alphas (``None`` when both are 0)."""
-    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
-        if alpha < 0:
-            raise ValueError(f"{name} must be >= 0, got {alpha}")
-    mixers: list[nn.Module] = []
-    if mixup_alpha > 0:
-        mixers.append(v2.MixUp(alpha=float(mixup_alpha), num_classes=num_classes))
-    if cutmix_alpha > 0:
-        mixers.append(v2.CutMix(alpha=float(cutmix_alpha), num_classes=num_classes))
-    if not mixers:
-        return None
-    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+from visionstack.models.methods.classifier import ImageClassifier, PartCfg
+from visionstack.models.methods.mixing import build_batch_mixer
 
 
 @METHODS.register("baseline", aliases=("fgvc_baseline",))
@@ -57,23 +43,16 @@ class Baseline(ImageClassifier):
         mix_prob: float = 1.0,
     ) -> None:
         super().__init__(backbone, encoder=encoder, neck=neck, head=head, loss=loss, num_classes=num_classes)
-        if not 0.0 <= mix_prob <= 1.0:
-            raise ValueError(f"mix_prob must be in [0, 1], got {mix_prob}")
-        self.mix_prob = float(mix_prob)
-        self.mixer = make_mixer(self.num_classes, mixup_alpha, cutmix_alpha)
+        keys = (current_path("mixup_alpha"), current_path("cutmix_alpha"), current_path("mix_prob"))
+        self.mixer = build_batch_mixer(self.num_classes, mixup_alpha, cutmix_alpha, mix_prob, keys)
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mixed images and soft targets ``[B, K]`` (unchanged inputs when no mixer or not drawn)."""
-        if self.mixer is None or torch.rand(()) >= self.mix_prob:
+        """Mixed images and soft targets ``[B, K]`` (the inputs unchanged without a mixer)."""
+        if self.mixer is None:
             return images, labels
-        if labels.dim() != 1:
-            raise ValueError(
-                "the batch labels are already soft ([B, K]); mix either in the trainer (train.mixup / "
-                "train.cutmix) or in the baseline method (model.mixup_alpha / model.cutmix_alpha), not both"
-            )
-        return self.mixer(images, labels.long())
+        return self.mixer(images, labels)
 
-    def train_step(self, batch: Mapping[str, torch.Tensor], optim) -> dict[str, torch.Tensor]:
-        """One update on the (possibly mixed) batch; the loss gets soft targets when mixed."""
+    def training_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The losses on the (possibly mixed) batch; the loss gets soft targets when mixed."""
         images, targets = self.mix(batch["image"], batch["label"])
-        return super().train_step({**batch, "image": images, "label": targets}, optim)
+        return super().training_losses({**batch, "image": images, "label": targets})

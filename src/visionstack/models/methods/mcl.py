@@ -34,12 +34,9 @@ from torch import nn
 from visionstack.core.build import build_part, current_path
 from visionstack.core.registry import BACKBONES, METHODS
 from visionstack.errors import ConfigError
-from visionstack.models.classifier import ImageClassifier, PartCfg
-from visionstack.models.methods.pmg import resolve_num_classes
-from visionstack.models.parts.base import total_loss
+from visionstack.models.methods.base import PartCfg, required, resolve_num_classes
+from visionstack.models.methods.classifier import ImageClassifier
 from visionstack.models.parts.necks import basic_conv
-
-STAGES = ("backbone", "channels", "encoder", "pre_logits", "logits")
 
 
 def channel_groups(channels: int, num_classes: int) -> list[int]:
@@ -120,6 +117,8 @@ class MutualChannel(ImageClassifier):
         drop_ratio: fraction of each group's channels the CWA mask drops (``floor``).
     """
 
+    stages = ("backbone", "channels", "encoder", "pre_logits", "logits")
+
     def __init__(
         self,
         backbone: PartCfg,
@@ -132,10 +131,8 @@ class MutualChannel(ImageClassifier):
         lambda_div: float = 13.3,
         drop_ratio: float = 0.5,
     ) -> None:
-        if backbone is None:
-            raise ConfigError(current_path("backbone"), "a classifier needs one; null is not allowed here")
         k = resolve_num_classes(head, num_classes)
-        built = build_part(BACKBONES, backbone, "backbone")
+        built = build_part(BACKBONES, required(backbone, "backbone", "a classifier"), "backbone")
         if len(built.out_channels) != 1:
             raise ConfigError(
                 current_path("backbone.out_indices"),
@@ -161,9 +158,10 @@ class MutualChannel(ImageClassifier):
         self.grouping = ChannelGrouping(groups)
         self.mu, self.lambda_div, self.drop_ratio = float(mu), float(lambda_div), float(drop_ratio)
 
-    def channel_map(self, images: torch.Tensor) -> torch.Tensor:
-        """``F``: the last backbone map, projected to ``K * xi`` channels when ``channels_per_class``."""
-        x = self.backbone(images)[0]
+    def channel_map(self, images: torch.Tensor, maps: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``F``: the last backbone map (of ``maps`` when given), projected to ``K * xi`` channels when
+        ``channels_per_class``."""
+        x = (self.backbone(images) if maps is None else maps)[0]
         return self.map_neck(x) if self.map_neck is not None else x
 
     def _classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,18 +180,19 @@ class MutualChannel(ImageClassifier):
             "logits_channels": discriminality_logits(x, self.grouping, None),
         }
 
-    @torch.no_grad()
-    def extract(self, images: torch.Tensor, stage: str = "pre_logits") -> Any:
-        """``backbone`` (maps), ``channels`` (``F``), ``encoder`` (pooled), ``pre_logits`` or ``logits``."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        if stage == "backbone":
-            return self.backbone(images)
-        x = self.channel_map(images)
-        if stage == "channels":
-            return x
+    def stage_outputs(self, images: torch.Tensor) -> dict[str, Any]:
+        """``backbone`` (maps), ``channels`` (``F``), ``encoder`` (pooled), ``pre_logits`` and ``logits``."""
+        maps = self.backbone(images)
+        x = self.channel_map(images, maps)
         features, logits = self._classify(x)
-        return {"encoder": features, "pre_logits": self.head.pre_logits(features), "logits": logits}[stage]
+        pre_logits = self.head.pre_logits(features)
+        return {
+            "backbone": maps,
+            "channels": x,
+            "encoder": features,
+            "pre_logits": pre_logits,
+            "logits": logits,
+        }
 
     def mc_losses(self, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """``loss_mc_dis = mu * L_dis`` and ``loss_mc_div = mu * lambda * (1 - D)`` on the map ``x``."""
@@ -204,17 +203,14 @@ class MutualChannel(ImageClassifier):
             "loss_mc_div": self.mu * self.lambda_div * (1.0 - diversity(x, self.grouping)),
         }
 
-    def train_step(self, batch: Mapping[str, torch.Tensor], optim) -> dict[str, torch.Tensor]:
-        """One update on ``CE + mu * (L_dis + lambda * (1 - D))``."""
+    def training_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``CE + mu * (L_dis + lambda * (1 - D))`` as its three terms."""
         targets = batch["label"]
-        with optim.autocast():
-            x = self.channel_map(batch["image"])
-            features, logits = self._classify(x)
-            losses = self.compute_losses({"logits": logits, "features": features}, targets)
-            losses.update(self.mc_losses(x, targets))
-        total = total_loss(losses)
-        optim.update(total)
-        return {"loss": total.detach(), **{k: v.detach() for k, v in losses.items()}}
+        x = self.channel_map(batch["image"])
+        features, logits = self._classify(x)
+        losses = self.compute_losses({"logits": logits, "features": features}, targets)
+        losses.update(self.mc_losses(x, targets))
+        return losses
 
 
 class _Projection(nn.Module):

@@ -15,19 +15,17 @@ Evaluation reports the concatenated classifier (``logits_concat``) and the sum o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from visionstack.core.build import build_part, current_path
-from visionstack.core.registry import BACKBONES, ENCODERS, HEADS, METHODS, NECKS
+from visionstack.core.registry import HEADS, METHODS
 from visionstack.errors import ConfigError
-from visionstack.models.classifier import PartCfg, build_losses
-from visionstack.models.parts.base import as_list, single, total_loss
-
-STAGES = ("backbone", "neck", "encoder", "features", "pre_logits", "logits")
+from visionstack.models.methods.base import PartCfg
+from visionstack.models.methods.multi_level import MultiGranularityNet
+from visionstack.models.parts.base import as_list
 
 
 def jigsaw(images: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -51,90 +49,6 @@ def jigsaw(images: torch.Tensor, n: int, generator: torch.Generator | None = Non
     return out
 
 
-def resolve_num_classes(head: PartCfg, num_classes: int | None) -> int:
-    """Classes from the head config (or built head), else from the method's ``num_classes``."""
-    value = head.get("num_classes") if isinstance(head, Mapping) else getattr(head, "num_classes", None)
-    value = value or num_classes
-    if value is None:
-        raise ConfigError(
-            current_path("num_classes"),
-            "the number of classes is not set: give model.num_classes (training fills it from the data set)",
-        )
-    return int(value)
-
-
-def _widths(channels: Any) -> list[int]:
-    return [int(c) for c in channels] if isinstance(channels, (list, tuple)) else [int(channels)]
-
-
-class MultiGranularityNet(nn.Module):
-    """Backbone levels -> per-level conv blocks (a maps neck) -> pooling -> one classifier per level.
-
-    The same ``head`` config is built once per level (each with that level's width); ``loss`` applies to
-    every classifier's logits.
-    """
-
-    def __init__(
-        self,
-        backbone: PartCfg,
-        neck: PartCfg,
-        encoder: PartCfg,
-        head: PartCfg,
-        loss: PartCfg | list,
-        num_classes: int | None,
-    ) -> None:
-        super().__init__()
-        if backbone is None or head is None or encoder is None:
-            raise ConfigError(
-                current_path("backbone" if backbone is None else "head" if head is None else "encoder"),
-                "this method needs one; null is not allowed here",
-            )
-        self.backbone = build_part(BACKBONES, backbone, "backbone")
-        channels = _widths(self.backbone.out_channels)
-        self.neck = None
-        if neck is not None:
-            self.neck = build_part(NECKS, neck, "neck", {"in_channels": single(channels)})
-            if (
-                getattr(self.neck, "consumes", "maps") != "maps"
-                or getattr(self.neck, "outputs", "maps") != "maps"
-            ):
-                raise ConfigError(
-                    current_path("neck"),
-                    "needs a neck that maps feature maps to feature maps "
-                    "(e.g. multi_scale_conv), one per backbone level",
-                )
-            channels = _widths(self.neck.out_channels)
-        self.encoder = build_part(
-            ENCODERS, encoder, "encoder", {"in_channels": single(channels), "backbone": self.backbone}
-        )
-        self.feature_widths = _widths(self.encoder.out_channels)
-        self.levels = len(self.feature_widths)
-        self.num_classes = resolve_num_classes(head, num_classes)
-        self.heads = nn.ModuleList(
-            build_part(HEADS, head, "head", {"in_channels": w, "num_classes": self.num_classes})
-            for w in self.feature_widths
-        )
-        self.loss = build_losses(loss, {"num_classes": self.num_classes})
-        if self.loss is None:
-            raise ConfigError(
-                current_path("loss"), "this method trains with a loss; null is not allowed here"
-            )
-
-    def level_features(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Backbone maps -> one pooled vector per level."""
-        x: Any = list(maps)
-        if self.neck is not None:
-            x = as_list(self.neck(x))
-        return as_list(self.encoder(x if len(x) > 1 else x[0]))
-
-    def level_logits(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [head(f) for head, f in zip(self.heads, features)]
-
-    def step_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The configured loss(es) on one classifier's logits, summed."""
-        return total_loss(self.loss(logits, targets))
-
-
 @METHODS.register("pmg", aliases=("progressive_multi_granularity",))
 class PMG(MultiGranularityNet):
     """PMG: progressive multi-granularity training with jigsaw patches.
@@ -151,6 +65,9 @@ class PMG(MultiGranularityNet):
             (default ``[2**L, ..., 2, 1]``: ``[8, 4, 2, 1]`` for three levels).
         step_weights: loss weight of each step (default 1 per level and 2 for the concatenated step).
     """
+
+    stages = ("backbone", "neck", "encoder", "features", "pre_logits", "logits")
+    default_stage = "pre_logits"
 
     def __init__(
         self,
@@ -206,24 +123,22 @@ class PMG(MultiGranularityNet):
         levels, concat = self.forward_all(images)
         return {"logits": torch.stack([*levels, concat]).sum(0), "logits_concat": concat}
 
-    @torch.no_grad()
-    def extract(self, images: torch.Tensor, stage: str = "pre_logits") -> Any:
+    def stage_outputs(self, images: torch.Tensor) -> dict[str, Any]:
         """``backbone`` / ``neck`` (maps per level), ``encoder`` (vectors per level), ``features`` (their
         concatenation), ``pre_logits`` (what the concatenated classifier's last layer sees), ``logits``."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         maps = self.backbone(images)
-        if stage == "backbone":
-            return maps
-        if stage == "neck":
-            return as_list(self.neck(list(maps))) if self.neck is not None else maps
-        if stage == "logits":
-            return self(images)
-        features = self.level_features(maps)
-        if stage == "encoder":
-            return features
+        mapped = as_list(self.neck(list(maps))) if self.neck is not None else list(maps)
+        features = as_list(self.encoder(mapped if len(mapped) > 1 else mapped[0]))
         concat = torch.cat(features, dim=1)
-        return concat if stage == "features" else self.concat_head.pre_logits(concat)
+        logits = torch.stack([*self.level_logits(features), self.concat_head(concat)]).sum(0)
+        return {
+            "backbone": maps,
+            "neck": mapped if self.neck is not None else maps,
+            "encoder": features,
+            "features": concat,
+            "pre_logits": self.concat_head.pre_logits(concat),
+            "logits": logits,
+        }
 
     # -- training ---------------------------------------------------------------------------------
     def train_step(self, batch: Mapping[str, torch.Tensor], optim) -> dict[str, torch.Tensor]:

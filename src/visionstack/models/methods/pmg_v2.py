@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,8 @@ from visionstack.core.build import current_path
 from visionstack.core.registry import METHODS
 from visionstack.errors import ConfigError
 from visionstack.models.backbones.resnet_bc import PMG_V2_BLOCKS
-from visionstack.models.classifier import PartCfg
-from visionstack.models.methods.pmg import MultiGranularityNet
+from visionstack.models.methods.base import PartCfg
+from visionstack.models.methods.multi_level import MultiGranularityNet
 
 DEFAULT_CONSISTENCY_WEIGHTS = (0.01, 0.05, 0.1)
 
@@ -83,6 +84,9 @@ class PMGV2(MultiGranularityNet):
         consistency_weights: ``alpha`` of each step (default ``[0.01, 0.05, 0.1]``).
         adaptive_weight: scale the consistency term by ``CE / L_cc`` (detached), as the official code.
     """
+
+    stages = ("backbone", "encoder", "logits")
+    default_stage = "encoder"
 
     def __init__(
         self,
@@ -136,21 +140,15 @@ class PMGV2(MultiGranularityNet):
         """Images -> the sum of every level classifier's logits (the whole map at every stage)."""
         return torch.stack(self.level_logits(self.level_features(self.backbone(images)))).sum(0)
 
-    @torch.no_grad()
-    def predict_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self(images)}
-
-    @torch.no_grad()
-    def extract(self, images: torch.Tensor, stage: str = "encoder"):
-        """``backbone`` (maps), ``encoder`` (pooled vector per level) or ``logits``."""
-        if stage == "logits":
-            return self(images)
+    def stage_outputs(self, images: torch.Tensor) -> dict[str, Any]:
+        """``backbone`` (maps), ``encoder`` (pooled vector per level) and ``logits``."""
         maps = self.backbone(images)
-        if stage == "backbone":
-            return maps
-        if stage == "encoder":
-            return self.level_features(maps)
-        raise ValueError(f"unknown stage {stage!r}; stages are backbone, encoder, logits")
+        features = self.level_features(maps)
+        return {
+            "backbone": maps,
+            "encoder": features,
+            "logits": torch.stack(self.level_logits(features)).sum(0),
+        }
 
     def train_step(self, batch: Mapping[str, torch.Tensor], optim) -> dict[str, torch.Tensor]:
         """One update per level: block counts of step ``s``, classifier ``s``, consistency on level ``s``.

@@ -16,15 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionstack.core.build import build_part, current_path
+from visionstack.core.build import build_part, current_path, invalid
 from visionstack.core.registry import BACKBONES, ENCODERS, METHODS
 from visionstack.errors import ConfigError
-from visionstack.models.classifier import STAGES as CLASSIFIER_STAGES
-from visionstack.models.classifier import ImageClassifier, PartCfg
+from visionstack.models.methods.base import PartCfg, required
+from visionstack.models.methods.classifier import ImageClassifier
 from visionstack.models.parts.base import single, total_channels
 
 DEFAULT_HEAD: Mapping[str, Any] = {"type": "cosine", "learn_scale": True, "bias": False}
-STAGES = (*CLASSIFIER_STAGES, "embedding")
 
 
 class EmbeddingLayer(nn.Module):
@@ -35,7 +34,7 @@ class EmbeddingLayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, norm: bool = False) -> None:
         super().__init__()
         if out_channels < 1:
-            raise ValueError(f"embedding_dim must be positive, got {out_channels}")
+            raise invalid("embedding_dim", f"must be positive, got {out_channels}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.fc = nn.Linear(in_channels, out_channels)
         self.norm = nn.BatchNorm1d(out_channels) if norm else nn.Identity()
@@ -46,7 +45,7 @@ class EmbeddingLayer(nn.Module):
 
 @METHODS.register("recognizer", aliases=("embedding_recognizer", "recognite", "embedding_classifier"))
 class Recognizer(ImageClassifier):
-    """Embedding model with a cosine classifier.
+    """Embedding model with a cosine classifier; ``extract`` gives the ``embedding`` by default.
 
     Args:
         backbone: any backbone; its last selected map is pooled.
@@ -58,6 +57,9 @@ class Recognizer(ImageClassifier):
         embedding_norm: BatchNorm1d after the embedding layer.
     """
 
+    stages = (*ImageClassifier.stages, "embedding")
+    default_stage = "embedding"
+
     def __init__(
         self,
         backbone: PartCfg,
@@ -68,12 +70,8 @@ class Recognizer(ImageClassifier):
         embedding_dim: int | None = None,
         embedding_norm: bool = False,
     ) -> None:
-        if backbone is None or encoder is None:
-            raise ConfigError(
-                current_path("backbone" if backbone is None else "encoder"),
-                "a recognizer needs one; null is not allowed here",
-            )
-        built = build_part(BACKBONES, backbone, "backbone")
+        built = build_part(BACKBONES, required(backbone, "backbone", "a recognizer"), "backbone")
+        required(encoder, "encoder", "a recognizer")
         pool = build_part(
             ENCODERS, encoder, "encoder", {"in_channels": single(list(built.out_channels)), "backbone": built}
         )
@@ -95,14 +93,11 @@ class Recognizer(ImageClassifier):
         """Images -> L2-normalized embeddings ``[B, D]`` (what the head's last layer sees), in any mode."""
         return F.normalize(self.head.pre_logits(self.forward_features(images)), dim=-1)
 
-    @torch.no_grad()
-    def extract(self, images: torch.Tensor, stage: str = "embedding") -> Any:
-        """``embedding`` (the normalized embedding; the default) or any :class:`ImageClassifier` stage."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        if stage == "embedding":
-            return self.embed(images)
-        return super().extract(images, stage)
+    def stage_outputs(self, images: torch.Tensor) -> dict[str, Any]:
+        """The classifier's stages and ``embedding`` (the normalized embedding), from one pass."""
+        record = super().stage_outputs(images)
+        record["embedding"] = F.normalize(record["pre_logits"], dim=-1)
+        return record
 
     @torch.no_grad()
     def predict_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

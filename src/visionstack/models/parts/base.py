@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from visionstack.core.build import invalid
+
 Channels = int | list[int]
 Features = torch.Tensor | list[torch.Tensor]
 
@@ -81,7 +83,7 @@ class Head(nn.Module):
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise invalid("num_classes", f"must be a positive int, got {num_classes!r}")
         self.in_channels = int(in_channels)
         self.num_classes = num_classes
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionstack.core.build import invalid
 from visionstack.core.registry import ENCODERS
 from visionstack.models.parts.base import Channels, Encoder, Features
 
@@ -57,7 +58,7 @@ def _pair(value: int | list[int] | None, name: str) -> tuple[int, int] | None:
         return None
     pair = [value, value] if isinstance(value, int) else list(value)
     if len(pair) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a list of two positive ints, got {value!r}")
+        raise invalid(name, f"must be a positive int or a list of two positive ints, got {value!r}")
     return pair[0], pair[1]
 
 
@@ -84,9 +85,9 @@ class _WindowPool(Encoder):
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride") or self.kernel_size
         if padding < 0 or (self.kernel_size and 2 * padding > min(self.kernel_size)):
-            raise ValueError(f"padding must be >= 0 and at most half the kernel, got {padding}")
+            raise invalid("padding", f"must be >= 0 and at most half the kernel, got {padding}")
         if self.kernel_size is None and (stride is not None or padding):
-            raise ValueError("stride/padding need a kernel_size (without one the pooling is global)")
+            raise invalid("stride", "stride/padding need a kernel_size (without one the pooling is global)")
         self.padding = padding
         self.map_size = _pair(map_size, "map_size")
         self.pooled_size = self._pooled_size()
@@ -99,7 +100,9 @@ class _WindowPool(Encoder):
         for n, k, s in zip(self.map_size, self.kernel_size, self.stride):
             out = (n + 2 * self.padding - k) // s + 1
             if out < 1:
-                raise ValueError(f"kernel_size {self.kernel_size} is larger than map_size {self.map_size}")
+                raise invalid(
+                    "kernel_size", f"kernel_size {self.kernel_size} is larger than map_size {self.map_size}"
+                )
             size.append(out)
         return size[0], size[1]
 
@@ -160,9 +163,9 @@ class GeneralizedMeanPool(Encoder):
     ) -> None:
         super().__init__(in_channels)
         if not p > 0 or not math.isfinite(p):
-            raise ValueError(f"p must be a positive finite number, got {p}")
+            raise invalid("p", f"must be a positive finite number, got {p}")
         if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+            raise invalid("eps", f"must be positive, got {eps}")
         self.eps = eps
         p_value = torch.tensor([float(p)])
         if learn_p:
@@ -199,9 +202,9 @@ class BilinearAttentionPool(Encoder):
         scale: float = 1.0,
     ) -> None:
         if not isinstance(num_attentions, int) or num_attentions < 1:
-            raise ValueError(f"num_attentions must be a positive int, got {num_attentions!r}")
+            raise invalid("num_attentions", f"must be a positive int, got {num_attentions!r}")
         if pool not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+            raise invalid("pool", f"must be 'avg' or 'max', got {pool!r}")
         self.num_attentions = num_attentions
         super().__init__(in_channels)
         self.pool_mode = pool

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionstack.core.build import current_path
+from visionstack.core.build import current_path, invalid
 from visionstack.core.registry import HEADS, normalize
 from visionstack.errors import ConfigError
 from visionstack.models.parts.base import Head
@@ -38,7 +38,7 @@ Norm = Literal["bn", "ln"]
 
 def _dropout(p: float) -> nn.Module:
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {p}")
+        raise invalid("dropout", f"must be in [0, 1), got {p}")
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
@@ -93,7 +93,7 @@ class TwoLayerHead(Head):
     ) -> None:
         super().__init__(in_channels, num_classes)
         if mid_channels < 1:
-            raise ValueError(f"mid_channels must be positive, got {mid_channels}")
+            raise invalid("mid_channels", f"must be positive, got {mid_channels}")
         self.features = nn.Sequential(
             nn.BatchNorm1d(self.in_channels),
             nn.Linear(self.in_channels, mid_channels),
@@ -133,9 +133,9 @@ class StackedLinearHead(Head):
         super().__init__(in_channels, num_classes)
         mids = list(mid_channels)
         if not mids or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in mids):
-            raise ValueError(f"mid_channels must be a non-empty list of positive ints, got {mid_channels!r}")
+            raise invalid("mid_channels", f"must be a non-empty list of positive ints, got {mid_channels!r}")
         if norm not in (None, "bn", "ln"):
-            raise ValueError(f"norm must be 'bn', 'ln' or null, got {norm!r}")
+            raise invalid("norm", f"must be 'bn', 'ln' or null, got {norm!r}")
         layers: list[nn.Module] = []
         prev = self.in_channels
         for width in mids:
@@ -193,7 +193,7 @@ class CosineHead(Head):
     ) -> None:
         super().__init__(in_channels, num_classes)
         if not scale > 0 or not math.isfinite(scale):
-            raise ValueError(f"scale must be a positive finite number, got {scale}")
+            raise invalid("scale", f"must be a positive finite number, got {scale}")
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(num_classes, self.in_channels))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionstack.core.build import invalid
 from visionstack.core.registry import LOSSES
 from visionstack.models.parts.base import Loss, logits_of
 
@@ -55,10 +56,10 @@ def _class_vector(values: list[float] | None, num_classes: int | None, name: str
     if values is None:
         return None
     if num_classes is not None and len(values) != num_classes:
-        raise ValueError(f"{name} has {len(values)} entries but the model has {num_classes} classes")
+        raise invalid(name, f"has {len(values)} entries but the model has {num_classes} classes")
     vector = torch.tensor([float(v) for v in values])
     if not torch.isfinite(vector).all() or (vector < 0).any():
-        raise ValueError(f"{name} must be finite and non-negative, got {values}")
+        raise invalid(name, f"must be finite and non-negative, got {values}")
     return vector
 
 
@@ -100,7 +101,7 @@ class CrossEntropyLoss(_ClassLoss):
     ) -> None:
         super().__init__(weight, name, num_classes)
         if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+            raise invalid("label_smoothing", f"must be in [0, 1], got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
         self.register_buffer("class_weights", _class_vector(class_weights, num_classes, "class_weights"))
 
@@ -159,7 +160,7 @@ class BinaryCrossEntropyLoss(_ClassLoss):
     ) -> None:
         super().__init__(weight, name, num_classes)
         if pos_weight is not None and not with_logits:
-            raise ValueError("pos_weight needs with_logits: true")
+            raise invalid("pos_weight", "pos_weight needs with_logits: true")
         self.with_logits = with_logits
         self.register_buffer("pos_weight", _class_vector(pos_weight, num_classes, "pos_weight"))
 
@@ -197,13 +198,13 @@ class FocalLoss(_ClassLoss):
     ) -> None:
         super().__init__(weight, name, num_classes)
         if not gamma >= 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+            raise invalid("gamma", f"must be >= 0, got {gamma}")
         if mode not in ("softmax", "sigmoid"):
-            raise ValueError(f"mode must be 'softmax' or 'sigmoid', got {mode!r}")
+            raise invalid("mode", f"must be 'softmax' or 'sigmoid', got {mode!r}")
         if mode == "sigmoid" and isinstance(alpha, (list, tuple)):
-            raise ValueError("mode 'sigmoid' takes one alpha (the positive-class weight), not a list")
+            raise invalid("alpha", "mode 'sigmoid' takes one alpha (the positive-class weight), not a list")
         if isinstance(alpha, (int, float)) and not alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+            raise invalid("alpha", f"must be >= 0, got {alpha}")
         self.gamma = float(gamma)
         self.mode = mode
         self.alpha_scalar = float(alpha) if isinstance(alpha, (int, float)) else None
@@ -247,8 +248,9 @@ class CenterLoss(Loss):
     ) -> None:
         super().__init__(weight=weight, name=name)
         if in_channels < 1 or num_classes < 1:
-            raise ValueError(
-                f"in_channels and num_classes must be positive, got {in_channels}, {num_classes}"
+            raise invalid(
+                "num_classes",
+                f"in_channels and num_classes must be positive, got {in_channels}, {num_classes}",
             )
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)

@@ -34,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from visionstack.core.build import invalid
 from visionstack.core.registry import ENCODERS, HEADS
 from visionstack.models.features.graph_cut import NativeSplit
 from visionstack.models.features.layout import Level, from_nchw
@@ -109,7 +110,7 @@ def _resized(layer: nn.Module, num_classes: int) -> nn.Module:
             layer.dilation,
             bias=layer.bias is not None,
         )
-    raise ValueError(f"cannot give a {type(layer).__name__} classifier another number of classes")
+    raise invalid("num_classes", f"cannot give a {type(layer).__name__} classifier another number of classes")
 
 
 def out_units(layer: nn.Module) -> int:
@@ -152,9 +153,10 @@ def native_head_from(
 # -- registry entries ---------------------------------------------------------------------------------
 def _native_of(backbone: Any, what: str) -> NativePath:
     if not isinstance(backbone, NativePath):
-        raise ValueError(
+        raise invalid(
+            "type",
             f"the native {what} needs a zoo backbone (torchvision or timm/<name>); {type(backbone).__name__} "
-            f"has no native path -- use e.g. encoder: gap and head: linear"
+            f"has no native path -- use e.g. encoder: gap and head: linear",
         )
     return backbone
 
@@ -173,7 +175,7 @@ def build_native_head(in_channels: int, num_classes: int, backbone: nn.Module | 
     head = _native_of(backbone, "head").native_head(num_classes)
     expected = getattr(head, "in_channels", in_channels)
     if expected != in_channels:
-        raise ValueError(
-            f"the native head reads {expected} channels but the previous part gives {in_channels}"
+        raise invalid(
+            "", f"the native head reads {expected} channels but the previous part gives {in_channels}"
         )
     return head

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from visionstack.core.build import invalid
 from visionstack.core.registry import NECKS
 from visionstack.models.parts.base import Channels, Features, Neck, as_list, single
 
@@ -27,9 +28,9 @@ def _widths(channels: Channels) -> list[int]:
 def _per_level(value: int | list[int], levels: int, name: str) -> list[int]:
     values = [value] * levels if isinstance(value, int) else list(value)
     if len(values) != levels:
-        raise ValueError(f"{name} has {len(values)} entries but the neck receives {levels} maps")
+        raise invalid(name, f"has {len(values)} entries but the neck receives {levels} maps")
     if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
-        raise ValueError(f"{name} must hold positive ints, got {value!r}")
+        raise invalid(name, f"must hold positive ints, got {value!r}")
     return values
 
 
@@ -109,11 +110,12 @@ class FPN(Neck):
     ) -> None:
         super().__init__(in_channels)
         if extra_blocks not in ("none", "max_pool") or norm not in ("none", "bn"):
-            raise ValueError(
-                f"extra_blocks must be none|max_pool and norm none|bn, got {extra_blocks!r}, {norm!r}"
+            raise invalid(
+                "extra_blocks",
+                f"extra_blocks must be none|max_pool and norm none|bn, got {extra_blocks!r}, {norm!r}",
             )
         if out_channels < 1:
-            raise ValueError(f"out_channels must be positive, got {out_channels}")
+            raise invalid("out_channels", f"must be positive, got {out_channels}")
         widths = _widths(in_channels)
         self.num_inputs = len(widths)
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
@@ -153,9 +155,9 @@ class HRFuseScales(Neck):
         mids = mid_channels if mid_channels is not None else [128 * 2**i for i in range(len(widths))]
         mids = _per_level(mids, len(widths), "mid_channels")
         if any(m % BOTTLENECK_EXPANSION for m in mids):
-            raise ValueError(f"mid_channels must be multiples of {BOTTLENECK_EXPANSION}, got {mids}")
+            raise invalid("mid_channels", f"must be multiples of {BOTTLENECK_EXPANSION}, got {mids}")
         if out_channels < 1:
-            raise ValueError(f"out_channels must be positive, got {out_channels}")
+            raise invalid("out_channels", f"must be positive, got {out_channels}")
         self.increase_layers = nn.ModuleList(self._bottleneck(c, m) for c, m in zip(widths, mids))
         self.downsample_layers = nn.ModuleList(
             basic_conv(mids[i], mids[i + 1], 3, stride=2, padding=1, momentum=0.1)

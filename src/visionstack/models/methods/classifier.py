@@ -9,28 +9,14 @@ import torch
 from torch import nn
 
 from visionstack.core.build import build_part, current_path
-from visionstack.core.registry import BACKBONES, ENCODERS, HEADS, LOSSES, METHODS, NECKS
+from visionstack.core.registry import BACKBONES, ENCODERS, HEADS, METHODS, NECKS
 from visionstack.errors import ConfigError
-from visionstack.models.parts.base import LossSet, as_list, single, total_channels, total_loss
-
-PartCfg = str | Mapping[str, Any] | nn.Module | None
-STAGES = ("backbone", "neck", "encoder", "pre_logits", "logits")
-
-
-def build_losses(cfg: Any, provided: Mapping[str, Any], key: str = "loss") -> nn.Module | None:
-    """One loss config, or a list of them, as a :class:`LossSet`."""
-    if cfg is None:
-        return None
-    items = cfg if isinstance(cfg, (list, tuple)) else [cfg]
-    losses = []
-    for i, item in enumerate(items):
-        sub = f"{key}.{i}" if isinstance(cfg, (list, tuple)) else key
-        losses.append(build_part(LOSSES, item, sub, provided))
-    return LossSet(losses)
+from visionstack.models.methods.base import Method, PartCfg, build_losses, required, resolve_num_classes
+from visionstack.models.parts.base import as_list, single, total_channels
 
 
 @METHODS.register("image_classifier", aliases=("ImageClassifier", "classifier", "baseline_classifier"))
-class ImageClassifier(nn.Module):
+class ImageClassifier(Method):
     """A classifier composed of registered parts; channels are wired from each part's ``out_channels``.
 
     Args:
@@ -42,6 +28,8 @@ class ImageClassifier(nn.Module):
         num_classes: classes of the head when the head config does not say.
     """
 
+    stages = ("backbone", "neck", "encoder", "pre_logits", "logits")
+    default_stage = "pre_logits"
     provides = {
         "encoder": ("in_channels", "backbone"),
         "neck": ("in_channels",),
@@ -59,10 +47,8 @@ class ImageClassifier(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        for key, value in (("backbone", backbone), ("head", head)):
-            if value is None:
-                raise ConfigError(current_path(key), "a classifier needs one; null is not allowed here")
-        self.backbone = build_part(BACKBONES, backbone, "backbone")
+        required(head, "head", "a classifier")
+        self.backbone = build_part(BACKBONES, required(backbone, "backbone", "a classifier"), "backbone")
         channels: Any = single(list(self.backbone.out_channels))
         self.map_neck = self.vector_neck = None
         neck_cfg_consumes = _neck_consumes(neck)
@@ -92,14 +78,7 @@ class ImageClassifier(nn.Module):
             self.vector_neck = build_part(NECKS, neck, "neck", {"in_channels": channels})
             channels = self.vector_neck.out_channels
         self.feature_channels = total_channels(channels)
-        head_num_classes = head.get("num_classes") if isinstance(head, Mapping) else None
-        head_num_classes = head_num_classes or getattr(head, "num_classes", None) or num_classes
-        if head_num_classes is None:
-            raise ConfigError(
-                current_path("num_classes"),
-                "the number of classes is not set: give model.num_classes or model.head.num_classes "
-                "(training fills it from the data set)",
-            )
+        head_num_classes = resolve_num_classes(head, num_classes)
         self.head = build_part(
             HEADS,
             head,
@@ -116,15 +95,24 @@ class ImageClassifier(nn.Module):
         )
 
     # -- inference --------------------------------------------------------------------------------
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> the vector the head consumes."""
+    def forward_features(self, images: torch.Tensor, record: dict[str, Any] | None = None) -> torch.Tensor:
+        """Images -> the vector the head consumes; ``record`` (when given) receives the ``backbone``,
+        ``neck`` and ``encoder`` outputs on the way."""
         x: Any = self.backbone(images)
+        if record is not None:
+            record["backbone"] = x
         if self.map_neck is not None:
             x = self.map_neck(x)
+        if record is not None and self.vector_neck is None:
+            record["neck"] = x  # without a neck: the backbone maps
         if self.encoder is not None:
             x = self.encoder(x if len(as_list(x)) > 1 else as_list(x)[0])
+        if record is not None:
+            record["encoder"] = x
         if self.vector_neck is not None:
             x = self.vector_neck(x)
+            if record is not None:
+                record["neck"] = x
         x = as_list(x)
         return x[0] if len(x) == 1 else torch.cat([t.flatten(1) for t in x], dim=1)
 
@@ -136,23 +124,14 @@ class ImageClassifier(nn.Module):
         features = self.forward_features(images)
         return {"logits": self.head(features), "features": features}
 
-    @torch.no_grad()
-    def extract(self, images: torch.Tensor, stage: str = "pre_logits") -> Any:
-        """Intermediate outputs: ``backbone`` (maps), ``neck``, ``encoder``, ``pre_logits``, ``logits``."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        x: Any = self.backbone(images)
-        if stage == "backbone":
-            return x
-        if self.map_neck is not None:
-            x = self.map_neck(x)
-        if stage == "neck" and self.vector_neck is None:
-            return x
-        if stage in ("encoder", "neck", "pre_logits", "logits"):
-            x = self.forward_features(images)
-        if stage in ("encoder", "neck"):
-            return x
-        return self.head.pre_logits(x) if stage == "pre_logits" else self.head(x)
+    def stage_outputs(self, images: torch.Tensor) -> dict[str, Any]:
+        """``backbone`` (maps), ``neck`` (its output; the maps without a neck), ``encoder`` (pooled),
+        ``pre_logits`` (what the head's last layer sees), ``logits``."""
+        record: dict[str, Any] = {}
+        features = self.forward_features(images, record)
+        record["pre_logits"] = self.head.pre_logits(features)
+        record["logits"] = self.head(features)
+        return record
 
     # -- training ---------------------------------------------------------------------------------
     def compute_losses(
@@ -162,19 +141,9 @@ class ImageClassifier(nn.Module):
             raise RuntimeError("this model has no loss configured; set model.loss")
         return self.loss(outputs, targets)
 
-    def train_step(self, batch: Mapping[str, torch.Tensor], optim) -> dict[str, torch.Tensor]:
-        """One optimization step on ``batch`` through ``optim`` (an OptimWrapper)."""
-        with optim.autocast():
-            outputs = self.forward_train(batch["image"])
-            losses = self.compute_losses(outputs, batch["label"])
-        total = total_loss(losses)
-        optim.update(total)
-        return {"loss": total.detach(), **{k: v.detach() for k, v in losses.items()}}
-
-    @torch.no_grad()
-    def predict_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Predictions to score in evaluation: every ``logits*`` key is evaluated."""
-        return {"logits": self(images)}
+    def training_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The configured losses on the model's training outputs."""
+        return self.compute_losses(self.forward_train(batch["image"]), batch["label"])
 
 
 def _neck_consumes(neck: PartCfg) -> str:
